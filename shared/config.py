@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -75,6 +76,9 @@ class Config:
     # --- misc -----------------------------------------------------------------------------------
     default_timezone: str = DEFAULT_TIMEZONE
     log_level: str = "INFO"
+    #: ISO-8601 instant used as "now" instead of the wall clock: for tests against the sandbox's
+    #: movable clock and for replays. Never set in production.
+    now_override: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -103,6 +107,12 @@ class Config:
         missing = [n.upper() for n in names if getattr(self, n) in (None, "")]
         if missing:
             raise ConfigError([f"{n}: required but not set" for n in missing])
+
+    def now(self) -> datetime:
+        """The current instant (timezone-aware UTC), honouring NOW_OVERRIDE."""
+        if self.now_override:
+            return datetime.fromisoformat(self.now_override).astimezone(UTC)
+        return datetime.now(UTC)
 
     @property
     def meta_graph_url(self) -> str:
@@ -166,6 +176,12 @@ def _validate(v: Mapping[str, object]) -> list[str]:
             problems.append(f"{name.upper()}: must be >= 0")
     if not 1 <= int(v["youtube_analytics_batch"]) <= 500:  # type: ignore[call-overload]
         problems.append("YOUTUBE_ANALYTICS_BATCH: must be between 1 and 500 (API filter cap)")
+    if v["now_override"]:
+        try:
+            if datetime.fromisoformat(str(v["now_override"])).tzinfo is None:
+                problems.append("NOW_OVERRIDE: must include a UTC offset")
+        except ValueError:
+            problems.append(f"NOW_OVERRIDE: not an ISO-8601 instant: {v['now_override']!r}")
     if not 0 < float(v["token_refresh_fraction"]) < 1:  # type: ignore[arg-type]
         problems.append("TOKEN_REFRESH_FRACTION: must be between 0 and 1")
     return problems

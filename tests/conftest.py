@@ -1,4 +1,4 @@
-"""Shared fixtures; db ones in in tests/fixtures/db.py, sandbox ones in tests/fixtures/sandbox.py."""
+"""Shared fixtures; db ones in tests/fixtures/db.py, sandbox ones in tests/fixtures/sandbox.py."""
 
 from __future__ import annotations
 

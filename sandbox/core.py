@@ -1,0 +1,557 @@
+"""Sandbox core: HTTP plumbing, clock, request ledger, fault injection and the token authority.
+
+Each emulator (``sandbox/<api>.py``) is an ``Emulator`` subclass with a route table; this module serves
+it on its own loopback port, applies injected faults and latency, and records every call in the ledger.
+Nothing here knows any platform's wire format: emulators render their own errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import re
+import secrets
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+if TYPE_CHECKING:
+    from sandbox.server import Sandbox
+
+
+# --------------------------------------------------------------------------------------------------
+# Requests and responses
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: Message
+    body: bytes
+    #: set by handlers so the ledger can attribute the call
+    account: str | None = None
+    units: int = 0
+    ids: int = 0
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else default
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        return self.headers.get(name, default)
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"null")
+
+    def form(self) -> dict[str, str]:
+        return {k: v[0] for k, v in parse_qs(self.body.decode(), keep_blank_values=True).items()}
+
+    def bearer(self) -> str | None:
+        auth = self.headers.get("Authorization") or ""
+        if auth.lower().startswith("bearer "):
+            return auth[7:].strip()
+        return None
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    #: "reset" closes the socket without answering; "truncate" cuts the body in half
+    action: str | None = None
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(obj, separators=(",", ":")).encode()
+    return Response(status, body, {"Content-Type": "application/json; charset=UTF-8", **(headers or {})})
+
+
+Handler = Callable[["Request", "re.Match[str]"], Response]
+
+
+@dataclass
+class Route:
+    method: str
+    pattern: re.Pattern[str]
+    endpoint: str
+    handler: Handler
+
+
+class Emulator:
+    """Base class: subclasses set ``name`` and register routes in ``__init__`` via ``self.route``."""
+
+    name = "emulator"
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sb = sandbox
+        self.routes: list[Route] = []
+
+    def route(self, method: str, pattern: str, endpoint: str, handler: Handler) -> None:
+        self.routes.append(Route(method.upper(), re.compile(pattern + r"\Z"), endpoint, handler))
+
+    def match(self, method: str, path: str) -> tuple[Route, re.Match[str]] | None:
+        for r in self.routes:
+            if r.method in (method, "*"):
+                m = r.pattern.match(path)
+                if m:
+                    return r, m
+        return None
+
+    # -- platform-specific renderings used by the fault injector; override per API ---------------
+    def error_response(self, status: int, code: int | str | None, message: str) -> Response:
+        return json_response({"error": {"code": status, "message": message}}, status)
+
+    def throttle_response(self, rule: FaultRule) -> Response:
+        return self.error_response(rule.status or 429, rule.code, "Rate limit exceeded (injected)")
+
+    def account_of(self, req: Request, m: re.Match[str]) -> str | None:
+        """The account a request is about, before the handler runs (fault matching). Override per API."""
+        if m.groupdict().get("account"):
+            return m.group("account")
+        return _guess_account(req)
+
+    def not_found(self, req: Request) -> Response:
+        return self.error_response(404, None, f"No route for {req.method} {req.path}")
+
+    def reset(self) -> None:
+        """Forget per-test state (quota counters, issued tokens)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Clock
+# --------------------------------------------------------------------------------------------------
+
+
+class Clock:
+    """The sandbox's notion of now: real UTC time plus a movable offset (or a frozen instant)."""
+
+    def __init__(self) -> None:
+        self._offset = timedelta(0)
+        self._frozen: datetime | None = None
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            if self._frozen is not None:
+                return self._frozen
+            return datetime.now(UTC) + self._offset
+
+    def advance(self, **delta: float) -> datetime:
+        with self._lock:
+            d = timedelta(**delta)
+            if self._frozen is not None:
+                self._frozen += d
+            else:
+                self._offset += d
+        return self.now()
+
+    def set(self, instant: datetime) -> None:
+        if instant.tzinfo is None:
+            raise ValueError("clock instant must be timezone-aware")
+        with self._lock:
+            self._frozen = None
+            self._offset = instant - datetime.now(UTC)
+
+    def freeze(self, instant: datetime | None = None) -> None:
+        with self._lock:
+            self._frozen = instant or (datetime.now(UTC) + self._offset)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._offset = timedelta(0)
+            self._frozen = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Ledger
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    at: str
+    emulator: str
+    endpoint: str
+    method: str
+    status: int
+    account: str | None
+    units: int
+    ids: int
+
+
+class Ledger:
+    """Every request the sandbox answered: per emulator, endpoint and account."""
+
+    def __init__(self) -> None:
+        self._entries: list[LedgerEntry] = []
+        self._lock = threading.Lock()
+
+    def record(self, entry: LedgerEntry) -> None:
+        with self._lock:
+            self._entries.append(entry)
+
+    def entries(self, emulator: str | None = None, endpoint: str | None = None,
+                account: str | None = None) -> list[LedgerEntry]:
+        with self._lock:
+            items = list(self._entries)
+        return [
+            e for e in items
+            if (emulator is None or e.emulator == emulator)
+            and (endpoint is None or e.endpoint == endpoint)
+            and (account is None or e.account == account)
+        ]
+
+    def calls(self, emulator: str | None = None, endpoint: str | None = None, account: str | None = None) -> int:
+        return len(self.entries(emulator, endpoint, account))
+
+    def units(self, emulator: str | None = None, endpoint: str | None = None, account: str | None = None) -> int:
+        return sum(e.units for e in self.entries(emulator, endpoint, account))
+
+    def ids_per_call(self, emulator: str | None = None, endpoint: str | None = None,
+                     account: str | None = None) -> list[int]:
+        return [e.ids for e in self.entries(emulator, endpoint, account)]
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: {"calls": 0, "units": 0}))
+        for e in self.entries():
+            slot = out[e.emulator][e.endpoint]
+            slot["calls"] += 1
+            slot["units"] += e.units
+        return {k: dict(v) for k, v in out.items()}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+# --------------------------------------------------------------------------------------------------
+# Faults
+# --------------------------------------------------------------------------------------------------
+
+FAULT_KINDS = ("status", "platform_error", "throttle", "reset", "timeout", "malformed", "truncated",
+               "repeat_cursor", "latency")
+
+
+@dataclass
+class FaultRule:
+    """Inject a failure into matching requests.
+
+    kind: status (plain HTTP status), platform_error (the API's own error with ``code``), throttle (the
+    API's rate-limit answer), reset (close the connection), timeout (sleep ``delay`` s before answering),
+    malformed (invalid JSON), truncated (body cut in half), repeat_cursor (paginators answer the same
+    cursor again), latency (sleep ``delay`` s, then answer normally).
+    Matching: ``emulator`` and ``endpoint`` names (None = any), ``account`` (None = any); ``after`` skips
+    the first N matches; ``times`` limits how often it fires (None = always); ``probability`` in 0..1.
+    """
+
+    kind: str
+    emulator: str | None = None
+    endpoint: str | None = None
+    account: str | None = None
+    times: int | None = 1
+    after: int = 0
+    probability: float = 1.0
+    status: int | None = None
+    code: int | str | None = None
+    message: str | None = None
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    fired: int = 0
+    seen: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {FAULT_KINDS}")
+
+
+class Faults:
+    def __init__(self, seed: int = 0) -> None:
+        self._rules: list[FaultRule] = []
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+
+    def add(self, rule: FaultRule | None = None, **kw: Any) -> FaultRule:
+        rule = rule or FaultRule(**kw)
+        with self._lock:
+            self._rules.append(rule)
+        return rule
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def rules(self) -> list[FaultRule]:
+        with self._lock:
+            return list(self._rules)
+
+    def take(self, emulator: str, endpoint: str, account: str | None, kinds: Iterable[str]) -> FaultRule | None:
+        """Return (and consume one shot of) the first rule of ``kinds`` matching this request."""
+        kinds = tuple(kinds)
+        with self._lock:
+            for rule in self._rules:
+                if rule.kind not in kinds:
+                    continue
+                if rule.emulator not in (None, emulator) or rule.endpoint not in (None, endpoint):
+                    continue
+                if rule.account is not None and rule.account != account:
+                    continue
+                if rule.times is not None and rule.fired >= rule.times:
+                    continue
+                rule.seen += 1
+                if rule.seen <= rule.after:
+                    continue
+                if rule.probability < 1.0 and self._rng.random() >= rule.probability:
+                    continue
+                rule.fired += 1
+                return rule
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokens
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Grant:
+    token: str
+    kind: str  # access | refresh | page
+    provider: str  # tiktok | meta | google
+    subject: str  # the credential name the grant belongs to
+    expires_at: datetime | None
+    scopes: tuple[str, ...] = ()
+    revoked: bool = False
+    used: bool = False  # a rotated refresh token cannot be used again
+    accounts: tuple[str, ...] = ()
+
+
+class TokenAuthority:
+    """Issues, checks, expires and revokes tokens, on the sandbox clock. Tokens are opaque random strings."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._grants: dict[str, Grant] = {}
+        self._lock = threading.Lock()
+        self.issued: list[str] = []  # every token ever issued (tests scan logs for them)
+
+    def issue(self, provider: str, kind: str, subject: str, lifetime: timedelta | None,
+              prefix: str, scopes: Iterable[str] = (), accounts: Iterable[str] = (),
+              expires_at: datetime | None = None) -> Grant:
+        token = prefix + secrets.token_urlsafe(32).replace("-", "x").replace("_", "y")
+        exp = expires_at if expires_at is not None else (self.clock.now() + lifetime if lifetime else None)
+        grant = Grant(token, kind, provider, subject, exp, tuple(scopes), accounts=tuple(accounts))
+        with self._lock:
+            self._grants[token] = grant
+            self.issued.append(token)
+        return grant
+
+    def lookup(self, token: str | None) -> Grant | None:
+        if not token:
+            return None
+        with self._lock:
+            return self._grants.get(token)
+
+    def check(self, token: str | None, provider: str, kinds: Iterable[str] = ("access",)) -> tuple[str, Grant | None]:
+        """-> ("missing"|"invalid"|"expired"|"revoked"|"ok", grant)."""
+        if not token:
+            return "missing", None
+        g = self.lookup(token)
+        if g is None or g.provider != provider or g.kind not in tuple(kinds):
+            return "invalid", None
+        if g.revoked:
+            return "revoked", g
+        if g.expires_at is not None and g.expires_at <= self.clock.now():
+            return "expired", g
+        return "ok", g
+
+    def mark_used(self, token: str) -> None:
+        with self._lock:
+            if token in self._grants:
+                self._grants[token].used = True
+
+    def expire(self, subject: str, kind: str = "access") -> int:
+        """Force every grant of ``subject`` of ``kind`` to be expired now."""
+        n = 0
+        past = self.clock.now() - timedelta(seconds=1)
+        with self._lock:
+            for g in self._grants.values():
+                if g.subject == subject and g.kind == kind:
+                    g.expires_at = past
+                    n += 1
+        return n
+
+    def revoke(self, subject: str, kind: str = "refresh") -> int:
+        n = 0
+        with self._lock:
+            for g in self._grants.values():
+                if g.subject == subject and g.kind == kind:
+                    g.revoked = True
+                    n += 1
+        return n
+
+    def reset(self) -> None:
+        with self._lock:
+            self._grants.clear()
+            self.issued.clear()
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTP server
+# --------------------------------------------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, emulator: Emulator, sandbox: Sandbox) -> None:
+        self.emulator = emulator
+        self.sandbox = sandbox
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # silence stderr access log
+        return
+
+    def _dispatch(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        method = self.command
+        override = self.headers.get("X-HTTP-Method-Override")
+        if method == "POST" and override:
+            # google-api-python-client turns long GETs into POST + override, with the query in the body
+            method = override.upper()
+            if self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded") and body:
+                extra = body.decode()
+                query_string = f"{parts.query}&{extra}" if parts.query else extra
+                parts = parts._replace(query=query_string)
+                body = b""
+        req = Request(method, parts.path, parse_qs(parts.query, keep_blank_values=True), self.headers, body)
+        resp = self.server.sandbox.handle(self.server.emulator, req)
+        self._send(resp)
+
+    def _send(self, resp: Response) -> None:
+        if resp.action == "reset":
+            self.close_connection = True
+            try:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        body = resp.body
+        declared = len(body)
+        if resp.action == "truncate":
+            body = body[: max(1, len(body) // 2)]
+            self.close_connection = True
+        self.send_response(resp.status)
+        for k, v in resp.headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(declared))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
+
+
+def serve(emulator: Emulator, sandbox: Sandbox) -> tuple[_Server, threading.Thread]:
+    server = _Server(emulator, sandbox)
+    thread = threading.Thread(target=server.serve_forever, name=f"sandbox-{emulator.name}", daemon=True)
+    thread.start()
+    return server, thread
+
+
+def dispatch(sandbox: Sandbox, emulator: Emulator, req: Request) -> Response:
+    """Route, inject faults, call the handler and record the ledger entry."""
+    found = emulator.match(req.method, req.path)
+    if found is None:
+        resp = emulator.not_found(req)
+        endpoint = "unknown"
+    else:
+        route, m = found
+        endpoint = route.endpoint
+        req.account = emulator.account_of(req, m)
+        resp = _with_faults(sandbox, emulator, endpoint, req, lambda: route.handler(req, m))
+    sandbox.ledger.record(LedgerEntry(
+        at=sandbox.clock.now().isoformat(), emulator=emulator.name, endpoint=endpoint, method=req.method,
+        status=resp.status, account=req.account, units=req.units, ids=req.ids,
+    ))
+    return resp
+
+
+def _with_faults(sandbox: Sandbox, emulator: Emulator, endpoint: str, req: Request,
+                 call: Callable[[], Response]) -> Response:
+    if sandbox.settings.latency_ms:
+        time.sleep(sandbox.settings.latency_ms / 1000)
+    account = req.account
+    faults = sandbox.faults
+    lat = faults.take(emulator.name, endpoint, account, ("latency",))
+    if lat:
+        time.sleep(lat.delay)
+    rule = faults.take(emulator.name, endpoint, account,
+                       ("status", "platform_error", "throttle", "reset", "timeout", "malformed", "truncated"))
+    if rule is None:
+        return call()
+    if rule.kind == "timeout":
+        time.sleep(rule.delay or 5.0)
+        return call()
+    if rule.kind == "reset":
+        return Response(action="reset")
+    if rule.kind == "status":
+        status = rule.status or 500
+        resp = emulator.error_response(status, rule.code, rule.message or f"Injected HTTP {status}")
+    elif rule.kind == "platform_error":
+        resp = emulator.error_response(rule.status or 400, rule.code, rule.message or "Injected platform error")
+    elif rule.kind == "throttle":
+        resp = emulator.throttle_response(rule)
+    else:
+        resp = call()
+        if rule.kind == "malformed":
+            resp = Response(resp.status, b'{"data": [unterminated', dict(resp.headers))
+        else:  # truncated
+            resp.action = "truncate"
+    resp.headers.update(rule.headers)
+    return resp
+
+
+def _guess_account(req: Request) -> str | None:
+    """Best-effort account for fault matching before the handler runs (query ids, path ids)."""
+    for name in ("business_id", "ids", "id", "playlistId", "channelId"):
+        v = req.arg(name)
+        if v:
+            return v.split("==")[-1]
+    return None
+
+
+def dataclass_json(obj: Any) -> Any:
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: dataclass_json(v) for k, v in asdict(obj).items()}
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, (list, tuple)):
+        return [dataclass_json(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: dataclass_json(v) for k, v in obj.items()}
+    return obj

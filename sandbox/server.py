@@ -1,0 +1,261 @@
+"""The ``Sandbox``: starts every emulator on its own loopback port and exposes the test controls."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sandbox.core import (
+    Clock,
+    Emulator,
+    FaultRule,
+    Faults,
+    Ledger,
+    Request,
+    Response,
+    TokenAuthority,
+    dataclass_json,
+    dispatch,
+    json_response,
+    serve,
+)
+from sandbox.world import PLATFORMS, Account, World, WorldSettings
+
+#: account platform -> OAuth provider that issues its credential
+PROVIDER_OF = {"tiktok": "tiktok", "facebook": "meta", "instagram": "meta", "youtube": "google"}
+
+
+@dataclass
+class SandboxSettings:
+    """Knobs of the emulated world. Facts the contracts mark [U] (unverified) are settings here."""
+
+    world: WorldSettings = field(default_factory=WorldSettings)
+    latency_ms: float = 0.0  # injected on every request
+    project_id: str = "sde-sandbox"
+    project_number: str = "123456789012"
+    # OAuth app credentials the emulators accept (clients get them through the env settings)
+    tiktok_client_id: str = "sbx-tiktok-app"
+    tiktok_client_secret: str = "sbx-tiktok-app-secret"
+    meta_app_id: str = "100000000000001"
+    meta_app_secret: str = "sbx-meta-app-secret"
+    google_client_id: str = "sbx-google-client.apps.googleusercontent.com"
+    google_client_secret: str = "sbx-google-client-secret"
+    # --- TikTok [U] facts -----------------------------------------------------------------------
+    tiktok_error_http_status: int = 200  # business errors as HTTP 200 + non-zero code [C]/[U]
+    tiktok_rotate_refresh_token: bool = True  # whether refresh returns a new refresh_token string [U]
+    tiktok_out_of_range_code: int = 40002  # code for start_date older than the lookback [U]
+    tiktok_lookback_days: int = 60
+    tiktok_data_lag_days: int = 1  # T+1: metrics only for dates <= today-1 (UTC)
+    tiktok_short_page_probability: float = 0.1  # pages shorter than max_count while has_more [C]
+    # --- Meta [U] facts -------------------------------------------------------------------------
+    meta_api_versions: tuple[str, ...] = ("v24.0", "v25.0", "v26.0", "v27.0")
+    meta_max_limit: int = 100  # max `limit` on /posts and /media [U]
+    meta_ig_default_days: int = 2  # IG insights without since/until [U]
+    # --- Google [U] facts -----------------------------------------------------------------------
+    youtube_daily_quota: int = 10_000
+    youtube_analytics_lag_days: int = 2  # most recent days absent from day reports [U exact]
+    youtube_analytics_max_ids: int = 500  # ids in filters=video==... [C+/U-text]
+    google_rotate_refresh_token: bool = False  # Google normally does not return a new refresh token [C]
+    google_access_lifetime_s: int = 3599
+
+
+class AdminEmulator(Emulator):
+    """Test controls over HTTP (for other processes: the demo, benchmarks, manual poking)."""
+
+    name = "admin"
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        super().__init__(sandbox)
+        self.route("GET", r"/__sandbox/ledger", "ledger", self._ledger)
+        self.route("GET", r"/__sandbox/world", "world", self._world)
+        self.route("GET", r"/__sandbox/credentials", "credentials", self._credentials)
+        self.route("GET", r"/__sandbox/registry", "registry", self._registry)
+        self.route("POST", r"/__sandbox/faults", "faults", self._add_fault)
+        self.route("DELETE", r"/__sandbox/faults", "faults", self._clear_faults)
+        self.route("POST", r"/__sandbox/clock", "clock", self._clock)
+        self.route("POST", r"/__sandbox/tokens/(?P<action>expire|revoke)", "tokens", self._tokens)
+        self.route("POST", r"/__sandbox/reset", "reset", self._reset)
+
+    def _ledger(self, req: Request, m: Any) -> Response:
+        entries = self.sb.ledger.entries(req.arg("emulator"), req.arg("endpoint"), req.arg("account"))
+        entries = [e for e in entries if e.emulator != "admin"]
+        return json_response({"summary": self.sb.ledger.summary(), "entries": dataclass_json(entries)})
+
+    def _world(self, req: Request, m: Any) -> Response:
+        return json_response({"now": self.sb.clock.now().isoformat(),
+                              "accounts": [dataclass_json(a) for a in self.sb.world.accounts()]})
+
+    def _credentials(self, req: Request, m: Any) -> Response:
+        return json_response(self.sb.credentials())
+
+    def _registry(self, req: Request, m: Any) -> Response:
+        platforms = req.arg("platforms")
+        text = self.sb.registry_toml(platforms.split(",") if platforms else None)
+        return Response(200, text.encode(), {"Content-Type": "application/toml"})
+
+    def _add_fault(self, req: Request, m: Any) -> Response:
+        try:
+            rule = self.sb.faults.add(FaultRule(**req.json()))
+        except (TypeError, ValueError) as exc:
+            return json_response({"error": str(exc)}, 400)
+        return json_response(dataclass_json(rule))
+
+    def _clear_faults(self, req: Request, m: Any) -> Response:
+        self.sb.faults.clear()
+        return json_response({})
+
+    def _clock(self, req: Request, m: Any) -> Response:
+        body = req.json() or {}
+        if "set" in body:
+            self.sb.clock.set(datetime.fromisoformat(body["set"]))
+        if "advance" in body:
+            self.sb.clock.advance(**body["advance"])
+        return json_response({"now": self.sb.clock.now().isoformat()})
+
+    def _tokens(self, req: Request, m: Any) -> Response:
+        body = req.json() or {}
+        cred = body.get("credential", "")
+        if m.group("action") == "expire":
+            n = self.sb.tokens.expire(cred, body.get("kind", "access"))
+        else:
+            n = self.sb.tokens.revoke(cred, body.get("kind", "refresh"))
+        return json_response({"affected": n})
+
+    def _reset(self, req: Request, m: Any) -> Response:
+        self.sb.reset()
+        return json_response({})
+
+
+class Sandbox:
+    """All emulators in one process. ``Sandbox().start()``; ``.env``; ``.stop()``."""
+
+    def __init__(self, settings: SandboxSettings | None = None) -> None:
+        from sandbox.google_oauth import GoogleOAuthEmulator
+        from sandbox.meta import MetaEmulator
+        from sandbox.secretmanager import SecretManagerEmulator
+        from sandbox.tiktok import TikTokEmulator
+        from sandbox.youtube import YouTubeAnalyticsEmulator, YouTubeDataEmulator
+
+        self.settings = settings or SandboxSettings()
+        self.clock = Clock()
+        self.ledger = Ledger()
+        self.faults = Faults(self.settings.world.seed)
+        self.tokens = TokenAuthority(self.clock)
+        self.world = World(self.settings.world)
+        self.tiktok = TikTokEmulator(self)
+        self.meta = MetaEmulator(self)
+        self.youtube_data = YouTubeDataEmulator(self)
+        self.youtube_analytics = YouTubeAnalyticsEmulator(self)
+        self.google_oauth = GoogleOAuthEmulator(self)
+        self.secret_manager = SecretManagerEmulator(self)
+        self.admin = AdminEmulator(self)
+        self.emulators: list[Emulator] = [
+            self.tiktok, self.meta, self.youtube_data, self.youtube_analytics, self.google_oauth,
+            self.secret_manager, self.admin,
+        ]
+        self._servers: dict[str, Any] = {}
+        self._credentials: dict[str, dict[str, Any]] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> Sandbox:
+        for emu in self.emulators:
+            server, thread = serve(emu, self)
+            self._servers[emu.name] = (server, thread)
+        return self
+
+    def stop(self) -> None:
+        for server, thread in self._servers.values():
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+        self._servers.clear()
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def reset(self) -> None:
+        """Back to the initial state: clock, ledger, faults, tokens, emulator state (world is kept)."""
+        self.clock.reset()
+        self.ledger.reset()
+        self.faults.clear()
+        self.tokens.reset()
+        self._credentials = None
+        for emu in self.emulators:
+            emu.reset()
+
+    def handle(self, emulator: Emulator, req: Request) -> Response:
+        return dispatch(self, emulator, req)
+
+    def url(self, name: str) -> str:
+        server = self._servers[name][0]
+        host, port = server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The settings a client needs to talk to this sandbox instead of the real APIs."""
+        s = self.settings
+        return {
+            "TIKTOK_BASE_URL": self.url("tiktok"),
+            "META_BASE_URL": self.url("meta"),
+            "YOUTUBE_DATA_BASE_URL": self.url("youtube_data"),
+            "YOUTUBE_ANALYTICS_BASE_URL": self.url("youtube_analytics"),
+            "GOOGLE_TOKEN_URL": self.url("google_oauth") + "/token",
+            "SECRET_MANAGER_ENDPOINT": self.url("secret_manager"),
+            "GCP_PROJECT": s.project_id,
+            "TIKTOK_CLIENT_ID": s.tiktok_client_id,
+            "TIKTOK_CLIENT_SECRET": s.tiktok_client_secret,
+            "META_APP_ID": s.meta_app_id,
+            "META_APP_SECRET": s.meta_app_secret,
+            "GOOGLE_CLIENT_ID": s.google_client_id,
+            "GOOGLE_CLIENT_SECRET": s.google_client_secret,
+            "SANDBOX_ADMIN_URL": self.url("admin"),
+        }
+
+    # -- credentials and registry ----------------------------------------------------------------------
+    def provider(self, name: str) -> Any:
+        return {"tiktok": self.tiktok, "meta": self.meta, "google": self.google_oauth}[name]
+
+    def credentials(self) -> dict[str, dict[str, Any]]:
+        """Initial credential payloads (vault JSON format), one per credential name.
+
+        This is what the browser OAuth step would produce for each account; tokens are real in the
+        sandbox's world (they expire and can be revoked)."""
+        if self._credentials is None:
+            creds: dict[str, dict[str, Any]] = {}
+            for name, accounts in self.world.credentials().items():
+                provider = PROVIDER_OF[accounts[0].platform]
+                creds[name] = self.provider(provider).initial_credential(name, accounts)
+            self._credentials = creds
+        return self._credentials
+
+    def registry_toml(self, platforms: list[str] | None = None) -> str:
+        """The account registry (accounts.toml format) for the world's accounts."""
+        lines = ["# Generated by the sandbox: the demo brand group.", ""]
+        for a in self.world.accounts():
+            if platforms and a.platform not in platforms:
+                continue
+            lines += _account_toml(a)
+        return "\n".join(lines)
+
+
+def _account_toml(a: Account) -> list[str]:
+    q = json.dumps
+    return [
+        "[[accounts]]",
+        f"platform = {q(a.platform)}",
+        f"account_id = {q(a.account_id)}",
+        f"name = {q(a.name)}",
+        f"brand = {q(a.brand)}",
+        f"secret = {q(a.credential)}",
+        f"timezone = {q(a.timezone)}",
+        "",
+    ]
+
+
+__all__ = ["PLATFORMS", "PROVIDER_OF", "Sandbox", "SandboxSettings"]
