@@ -37,6 +37,7 @@ from shared.logs import redact as _log_redact
 __all__ = [
     "ApiSession",
     "CallCounter",
+    "new_transport",
     "parse_retry_after",
     "redact",
     "sanitize_url",
@@ -55,6 +56,7 @@ _TRANSPORT_ERRORS = (
     requests.exceptions.ConnectionError,
     requests.exceptions.Timeout,
     requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
 )
 
 
@@ -89,9 +91,7 @@ def sanitize_url(url: str) -> str:
         userinfo, _, host = netloc.rpartition("@")
         user, sep, _password = userinfo.partition(":")
         netloc = f"{user}:{URL_REDACTED}@{host}" if sep else netloc
-    return urlunsplit(
-        (parts.scheme, netloc, parts.path, _redact_pairs(parts.query), _redact_pairs(parts.fragment))
-    )
+    return urlunsplit((parts.scheme, netloc, parts.path, _redact_pairs(parts.query), _redact_pairs(parts.fragment)))
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:
@@ -193,6 +193,15 @@ class CallCounter:
 # --- session -------------------------------------------------------------------------------------
 
 
+def new_transport() -> requests.Session:
+    """A pooled ``requests.Session`` without urllib3 retries (``ApiSession`` retries, and counts)."""
+    transport = requests.Session()
+    adapter = HTTPAdapter(pool_connections=POOL_CONNECTIONS, pool_maxsize=POOL_MAXSIZE, max_retries=0)
+    transport.mount("https://", adapter)
+    transport.mount("http://", adapter)
+    return transport
+
+
 class ApiSession:
     """A pooled ``requests.Session`` for one platform, shared across warm invocations.
 
@@ -202,6 +211,8 @@ class ApiSession:
         classify: ``classify(response)`` returns the parsed JSON or raises a classified ``ApiError``.
         quota_cost: ``quota_cost(method, endpoint)`` gives units when a call passes none.
         sleep, random, clock: injectable for tests (``time.sleep``, ``random.random``, ``time.monotonic``).
+        transport: an existing pooled ``requests.Session`` to share (e.g. one per warm instance under
+            several per-account ApiSessions, each with its own counter); not closed by ``close()``.
     """
 
     def __init__(
@@ -214,6 +225,7 @@ class ApiSession:
         sleep: Callable[[float], None] = time.sleep,
         random: Callable[[], float] = _random.random,
         clock: Callable[[], float] = time.monotonic,
+        transport: requests.Session | None = None,
     ) -> None:
         self.platform = platform
         self.config = config
@@ -229,13 +241,12 @@ class ApiSession:
         self._sleep = sleep
         self._random = random
         self._clock = clock
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=POOL_CONNECTIONS, pool_maxsize=POOL_MAXSIZE, max_retries=0)
-        self.session.mount("https://", adapter)
-        self.session.mount("http://", adapter)
+        self._owns_transport = transport is None
+        self.session = transport if transport is not None else new_transport()
 
     def close(self) -> None:
-        self.session.close()
+        if self._owns_transport:
+            self.session.close()
 
     def __enter__(self) -> ApiSession:
         return self
@@ -302,6 +313,11 @@ class ApiSession:
                 )
                 cause = exc
                 status = None
+            except requests.exceptions.RequestException as exc:  # invalid URL/header: a bug, not transient
+                _scrub_exception(exc)
+                raise FatalApiError(
+                    f"{type(exc).__name__} on {method} {shown}", platform=self.platform, endpoint=endpoint
+                ) from exc
             else:
                 elapsed_ms = (self._clock() - started) * 1000
                 status = response.status_code
@@ -328,8 +344,7 @@ class ApiSession:
                 except (_JSONDecodeError, UnicodeDecodeError) as exc:
                     if 200 <= status < 300 or status == 429 or status >= 500:
                         error = RetriableApiError(
-                            f"malformed or truncated JSON body ({len(response.content)} bytes) "
-                            f"on {method} {shown}",
+                            f"malformed or truncated JSON body ({len(response.content)} bytes) on {method} {shown}",
                             platform=self.platform,
                             status=status,
                             endpoint=endpoint,

@@ -103,9 +103,7 @@ def paginate_cursor(
             )
         seen.add(cursor)
         if pages >= max_pages:
-            raise PaginationLimitError(
-                f"more than max_pages={max_pages} pages", platform=platform, endpoint=endpoint
-            )
+            raise PaginationLimitError(f"more than max_pages={max_pages} pages", platform=platform, endpoint=endpoint)
 
 
 def paginate_next_link(
@@ -136,9 +134,7 @@ def paginate_next_link(
             )
         seen.add(next_url)
         if pages >= max_pages:
-            raise PaginationLimitError(
-                f"more than max_pages={max_pages} pages", platform=platform, endpoint=endpoint
-            )
+            raise PaginationLimitError(f"more than max_pages={max_pages} pages", platform=platform, endpoint=endpoint)
         page = fetch_url(next_url)
         pages += 1
 
@@ -171,6 +167,4 @@ def paginate_page_token(
             )
         seen.add(token)
         if pages >= max_pages:
-            raise PaginationLimitError(
-                f"more than max_pages={max_pages} pages", platform=platform, endpoint=endpoint
-            )
+            raise PaginationLimitError(f"more than max_pages={max_pages} pages", platform=platform, endpoint=endpoint)
