@@ -418,14 +418,17 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, emulator: Emulator, sandbox: Sandbox) -> None:
+    def __init__(self, emulator: Emulator, sandbox: Sandbox, port: int = 0) -> None:
         self.emulator = emulator
         self.sandbox = sandbox
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(("127.0.0.1", port), _Handler)
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # headers and body go out in separate writes: without TCP_NODELAY, Nagle + delayed ACK add ~40 ms
+    # to every keep-alive response
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # silence stderr access log
@@ -469,16 +472,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(declared))
         if self.close_connection:
             self.send_header("Connection", "close")
-        self.end_headers()
+        # one write for status line, headers and body (end_headers() + wfile.write() = two syscalls)
+        self._headers_buffer.append(b"\r\n")
+        self._headers_buffer.append(body)
         with contextlib.suppress(OSError):
-            self.wfile.write(body)
+            self.flush_headers()
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
 
 
-def serve(emulator: Emulator, sandbox: Sandbox) -> tuple[_Server, threading.Thread]:
-    server = _Server(emulator, sandbox)
-    thread = threading.Thread(target=server.serve_forever, name=f"sandbox-{emulator.name}", daemon=True)
+def serve(emulator: Emulator, sandbox: Sandbox, port: int = 0) -> tuple[_Server, threading.Thread]:
+    server = _Server(emulator, sandbox, port)
+    # a short poll interval keeps Sandbox.stop() (one shutdown per emulator) well under a second
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name=f"sandbox-{emulator.name}", daemon=True)
     thread.start()
     return server, thread
 

@@ -49,10 +49,13 @@ class SandboxSettings:
     tiktok_lookback_days: int = 60
     tiktok_data_lag_days: int = 1  # T+1: metrics only for dates <= today-1 (UTC)
     tiktok_short_page_probability: float = 0.1  # pages shorter than max_count while has_more [C]
+    tiktok_invalid_client_code: int = 40001  # bad client_id/secret on /tt_user/* (PERMISSION_ERROR) [U]
     # --- Meta [U] facts -------------------------------------------------------------------------
     meta_api_versions: tuple[str, ...] = ("v24.0", "v25.0", "v26.0", "v27.0")
     meta_max_limit: int = 100  # max `limit` on /posts and /media [U]
     meta_ig_default_days: int = 2  # IG insights without since/until [U]
+    meta_app_calls_per_hour: int = 2000  # calls that make X-App-Usage call_count reach 100 % [U]
+    meta_buc_calls_per_day: int = 4800  # calls per page/IG account that make the BUC usage reach 100 % [U]
     # --- Google [U] facts -----------------------------------------------------------------------
     youtube_daily_quota: int = 10_000
     youtube_analytics_lag_days: int = 2  # most recent days absent from day reports [U exact]
@@ -159,10 +162,15 @@ class Sandbox:
         self._credentials: dict[str, dict[str, Any]] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
-    def start(self) -> Sandbox:
-        for emu in self.emulators:
-            server, thread = serve(emu, self)
-            self._servers[emu.name] = (server, thread)
+    def start(self, port_base: int | None = None) -> Sandbox:
+        """Serve every emulator; ``port_base`` = fixed ports (emulator k on port_base + k), else free ports."""
+        try:
+            for k, emu in enumerate(self.emulators):
+                server, thread = serve(emu, self, port_base + k if port_base else 0)
+                self._servers[emu.name] = (server, thread)
+        except OSError:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
