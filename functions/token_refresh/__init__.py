@@ -1,0 +1,1 @@
+"""Token refresh Cloud Function: keeps every credential in the vault ahead of its expiry (hourly)."""
