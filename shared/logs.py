@@ -251,7 +251,10 @@ def configure_logging(level: str | int = "INFO", stream: IO[str] | None = None) 
         handler.setFormatter(JsonFormatter())
         root.addHandler(handler)
     elif handler.stream is not target:
-        handler.setStream(target)
+        if getattr(handler.stream, "closed", False):
+            handler.stream = target  # setStream() would flush the closed stream (e.g. after captured output)
+        else:
+            handler.setStream(target)
     root.setLevel(level)
     return handler
 

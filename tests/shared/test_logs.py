@@ -219,3 +219,14 @@ def test_non_json_values_are_stringified(buf: io.StringIO) -> None:
     get_logger("x").info("m", extra={"fields": {"day": dt.date(2026, 9, 2), "ids": ("a", "b"), "ratio": 0.5}})
     (o,) = lines(buf)
     assert o["day"] == "2026-09-02" and o["ids"] == ["a", "b"] and o["ratio"] == 0.5
+
+
+def test_configure_logging_survives_a_closed_previous_stream() -> None:
+    """A warm instance (or a test) may have closed the stream the handler was writing to."""
+    first, second = io.StringIO(), io.StringIO()
+    configure_logging("INFO", stream=first)
+    first.close()
+    configure_logging("INFO", stream=second)
+    logging.getLogger("sde.test").info("after reconfigure")
+    assert json.loads(second.getvalue().splitlines()[-1])["message"] == "after reconfigure"
+    configure_logging("INFO", stream=sys.stdout)
