@@ -100,7 +100,9 @@ class RunContext:
             from shared.tokens import TokenManager
             from shared.vault import make_vault
 
-            self._tokens = TokenManager(self.config, make_vault(self.config), lambda: self.conn)
+            # the manager owns and closes the connections it opens (advisory lock of one refresh): never
+            # hand it the run's transactional connection
+            self._tokens = TokenManager(self.config, make_vault(self.config), lambda: db.connect(self.config))
         return self._tokens
 
     @property
@@ -248,11 +250,18 @@ def _run(ctx: RunContext, platforms: Sequence[str], sync_account: SyncAccount) -
 
 def _select_accounts(ctx: RunContext, platforms: Sequence[str]) -> list[Account]:
     cfg = ctx.config
-    if cfg.accounts_file.exists():
-        with db.transaction(ctx.conn):
-            sync_registry(ctx.conn, load_registry(cfg.accounts_file))
-    accounts = [a for p in platforms for a in active_accounts(ctx.conn, p)]
     wanted = ctx.request.accounts
+    if cfg.accounts_file.exists():
+        registry = load_registry(cfg.accounts_file, default_timezone=cfg.default_timezone)
+        if wanted is not None:  # validate before mirroring the registry: a bad request writes nothing
+            listed = {a.account_id for a in registry if a.platform in platforms and a.active}
+            unknown = [a for a in wanted if a not in listed]
+            if unknown:
+                raise InputError("accounts", f"unknown or inactive account(s) for {'/'.join(platforms)}: "
+                                             f"{', '.join(unknown)}")
+        with db.transaction(ctx.conn):
+            sync_registry(ctx.conn, registry)
+    accounts = [a for p in platforms for a in active_accounts(ctx.conn, p)]
     if wanted is None:
         return accounts
     known = {a.account_id: a for a in accounts}
@@ -271,10 +280,11 @@ def _sync_one(ctx: RunContext, account: Account, sync_account: SyncAccount) -> A
     try:
         result = sync_account(ctx, account)
     except QuotaExceededError as exc:
-        result = AccountResult(status="deferred", error_class=exc.error_class, error_message=str(exc))
+        result = _from_partial(exc, AccountResult(status="deferred", error_class=exc.error_class,
+                                                  error_message=str(exc)))
     except SDEError as exc:
-        result = AccountResult(status="failed", error_class=exc.error_class, error_message=str(exc),
-                               retriable=exc.retriable)
+        result = _from_partial(exc, AccountResult(status="failed", error_class=exc.error_class,
+                                                  error_message=str(exc), retriable=exc.retriable))
         if isinstance(exc, LoadError):
             ctx.reset_connection()
     except Exception as exc:  # a bug in one account must not stop the others
@@ -283,6 +293,17 @@ def _sync_one(ctx: RunContext, account: Account, sync_account: SyncAccount) -> A
         ctx.reset_connection()
     result.seconds = round(time.monotonic() - started, 3)
     result.started_at = started_at
+    return result
+
+
+def _from_partial(exc: BaseException, result: AccountResult) -> AccountResult:
+    """Keep the API calls/quota units a failed sync spent (``exc.partial_result``): quota is spent anyway
+    and the daily-budget check sums the ledger. Rows are not kept: the failed transaction rolled back."""
+    partial = getattr(exc, "partial_result", None)
+    if isinstance(partial, AccountResult):
+        result.api_calls, result.quota_units = partial.api_calls, partial.quota_units
+        result.window_start, result.window_end = partial.window_start, partial.window_end
+        result.details = {k: v for k, v in partial.details.items() if k != "rows"}
     return result
 
 

@@ -1,0 +1,26 @@
+# One secret per OAuth credential. Terraform creates the container only: versions (the tokens) are
+# added by `shared.cli tokens import` and the token refresher, so no token ever lands in state.
+
+resource "google_secret_manager_secret" "credential" {
+  for_each  = var.credentials
+  secret_id = each.value
+  labels    = { "sde-credential" = "true" } # the refresher only reads secrets with this label
+  replication {
+    auto {}
+  }
+}
+
+resource "google_secret_manager_secret_iam_member" "runtime_manage" {
+  for_each  = var.credentials
+  secret_id = google_secret_manager_secret.credential[each.key].id
+  # read latest, add versions, disable/destroy superseded versions (each version is billed)
+  role   = "roles/secretmanager.secretVersionManager"
+  member = "serviceAccount:${google_service_account.runtime.email}"
+}
+
+resource "google_secret_manager_secret_iam_member" "runtime_access" {
+  for_each  = var.credentials
+  secret_id = google_secret_manager_secret.credential[each.key].id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.runtime.email}"
+}
