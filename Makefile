@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.installed
 
 help:
 	@echo "make demo    - start embedded PostgreSQL + API sandbox, run a full sync as Cloud Scheduler would"
+	@echo "              (DEMO_ARGS=--keep-db leaves the database running for psql)"
 	@echo "make test    - ruff + pytest (real PostgreSQL, real HTTP to the sandbox)"
 	@echo "make bench   - benchmarks; results go to BENCHMARKS.md by hand"
 	@echo "make sandbox - run the API sandbox in the foreground"
@@ -26,13 +27,13 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 unit: $(STAMP)
-	@$(PY) -m pytest -q; rc=$$?; \
+	@$(PY) -m pytest -q --basetemp=.data/pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo 'pytest collected no tests' >&2; exit 1; fi; exit $$rc
 
 test: lint unit
 
 demo: $(STAMP)
-	$(PY) -m scripts.demo
+	$(PY) -m scripts.demo $(DEMO_ARGS)
 
 sandbox: $(STAMP)
 	$(PY) -m sandbox

@@ -202,6 +202,20 @@ def new_transport() -> requests.Session:
     return transport
 
 
+_shared_lock = threading.Lock()
+_shared: requests.Session | None = None
+
+
+def shared_transport() -> requests.Session:
+    """The warm instance's connection pool, shared by every per-account ``ApiSession`` (each keeps its
+    own counter). Created on first use, never closed: Cloud Functions reuse it across invocations."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = new_transport()
+        return _shared
+
+
 class ApiSession:
     """A pooled ``requests.Session`` for one platform, shared across warm invocations.
 

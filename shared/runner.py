@@ -14,7 +14,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from shared import db
@@ -75,6 +75,7 @@ class RunContext:
     request: SyncRequest
     deadline: float  # time.monotonic() value after which no new account starts
     schedule_time: str | None = None
+    started: float = field(default_factory=time.monotonic)
     _conn: Any = None
     _tokens: Any = None
 
@@ -123,44 +124,62 @@ SyncAccount = Callable[[RunContext, Account], AccountResult]
 # --------------------------------------------------------------------------------------------------
 
 
-def parse_body(raw: bytes, *, extra_fields: Mapping[str, type] | None = None, today_max: date) -> SyncRequest:
-    """Validate a request body; any problem raises InputError naming the field."""
-    allowed = {**BASE_FIELDS, **(extra_fields or {})}
+def read_body(raw: bytes, allowed: Mapping[str, type]) -> dict[str, Any]:
+    """The request body as a JSON object ({} when empty) holding only ``allowed`` fields of the right type.
+
+    Any problem raises InputError naming the field. Shared by every function's HTTP contract.
+    """
     if not raw.strip():
-        return SyncRequest()
+        return {}
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InputError("body", "is not valid JSON") from None
     if body is None:
-        return SyncRequest()
+        return {}
     if not isinstance(body, dict):
         raise InputError("body", "must be a JSON object")
-    for key in body:
+    for key, value in body.items():
         if key not in allowed:
             raise InputError(key, f"unknown field; allowed: {', '.join(sorted(allowed))}")
-    for key, value in body.items():
         expected = allowed[key]
         if expected is bool and not isinstance(value, bool):
             raise InputError(key, "must be true or false")
         if expected is str and not isinstance(value, str):
             raise InputError(key, "must be a string")
         if expected is list and not isinstance(value, list):
-            raise InputError(key, "must be a list of account ids")
+            raise InputError(key, "must be a list")
         if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise InputError(key, "must be an integer")
-    accounts = body.get("accounts")
-    if accounts is not None:
-        if not accounts or not all(isinstance(a, str) and a.strip() for a in accounts):
-            raise InputError("accounts", "must be a non-empty list of non-empty strings")
-        accounts = list(dict.fromkeys(accounts))
+    return body
+
+
+def read_names(body: Mapping[str, Any], field_name: str) -> list[str] | None:
+    """A de-duplicated, non-empty list of non-empty strings (account ids, credential names) or None."""
+    names = body.get(field_name)
+    if names is None:
+        return None
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise InputError(field_name, "must be a non-empty list of non-empty strings")
+    return list(dict.fromkeys(n.strip() for n in names))
+
+
+def parse_body(raw: bytes, *, now: datetime, extra_fields: Mapping[str, type] | None = None) -> SyncRequest:
+    """Validate a platform function's request body; any problem raises InputError naming the field.
+
+    "Future" means after today in the earliest timezone on Earth (UTC+14); a missing ``end_date`` means
+    yesterday (UTC).
+    """
+    today_max = (now + _MAX_UTC_OFFSET).date()
+    body = read_body(raw, {**BASE_FIELDS, **(extra_fields or {})})
+    accounts = read_names(body, "accounts")
     window = None
     start_raw, end_raw = body.get("start_date"), body.get("end_date")
     if start_raw is not None or end_raw is not None:
         if start_raw is None:
             raise InputError("start_date", "is required when end_date is given")
         start = parse_date(start_raw, "start_date")
-        end = parse_date(end_raw, "end_date") if end_raw is not None else today_max - timedelta(days=1)
+        end = parse_date(end_raw, "end_date") if end_raw is not None else now.date() - timedelta(days=1)
         if start > today_max:
             raise InputError("start_date", f"{start} is in the future")
         if end > today_max:
@@ -186,6 +205,28 @@ def trigger_of(headers: Mapping[str, str]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def serve_http(request: Any, function: str,
+               handle: Callable[[str, str], tuple[dict[str, Any], int]]) -> tuple[dict[str, Any], int]:
+    """The HTTP boundary of every function: run id, trigger, log context, method check, and the one
+    place where errors become responses (InputError -> 400 naming the field, other SDEError -> 500).
+
+    ``handle(run_id, trigger)`` does the work and returns (JSON body, HTTP status).
+    """
+    run_id = request.headers.get("Function-Execution-Id") or uuid.uuid4().hex
+    trigger = trigger_of(request.headers)
+    with log_context(run_id=run_id, function=function, trigger=trigger):
+        if request.method not in ("POST", "GET"):
+            return {"error": "method_not_allowed", "message": "use POST"}, 405
+        try:
+            return handle(run_id, trigger)
+        except InputError as exc:
+            logger.warning("rejected request: %s", exc)
+            return exc.to_json(), 400
+        except SDEError as exc:
+            logger.error("cannot start run: %s", exc)
+            return {"run_id": run_id, "error": exc.error_class, "message": str(exc)}, 500
+
+
 def run_http(
     request: Any,
     *,
@@ -196,25 +237,14 @@ def run_http(
     config: Config | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Entry point behind every platform function: returns (JSON body, HTTP status)."""
-    run_id = request.headers.get("Function-Execution-Id") or uuid.uuid4().hex
-    trigger = trigger_of(request.headers)
-    with log_context(run_id=run_id, function=function, trigger=trigger):
-        if request.method not in ("POST", "GET"):
-            return {"error": "method_not_allowed", "message": "use POST"}, 405
-        try:
-            config = config or Config.from_env()
-            now = config.now()
-            sync = parse_body(request.get_data(cache=True) or b"", extra_fields=extra_fields,
-                              today_max=(now + _MAX_UTC_OFFSET).date())
-        except InputError as exc:
-            logger.warning("rejected request: %s", exc)
-            return exc.to_json(), 400
-        except SDEError as exc:
-            logger.error("cannot start run: %s", exc)
-            return {"error": exc.error_class, "message": str(exc)}, 500
+
+    def handle(run_id: str, trigger: str) -> tuple[dict[str, Any], int]:
+        cfg = config or Config.from_env()
+        now = cfg.now()
+        sync = parse_body(request.get_data(cache=True) or b"", now=now, extra_fields=extra_fields)
         ctx = RunContext(
-            run_id=run_id, function=function, trigger=trigger, config=config, now=now, request=sync,
-            deadline=time.monotonic() + config.run_deadline_seconds,
+            run_id=run_id, function=function, trigger=trigger, config=cfg, now=now, request=sync,
+            deadline=time.monotonic() + cfg.run_deadline_seconds,
             schedule_time=request.headers.get("X-CloudScheduler-ScheduleTime"),
         )
         try:
@@ -222,16 +252,11 @@ def run_http(
         finally:
             ctx.close()
 
+    return serve_http(request, function, handle)
+
 
 def _run(ctx: RunContext, platforms: Sequence[str], sync_account: SyncAccount) -> tuple[dict[str, Any], int]:
-    try:
-        accounts = _select_accounts(ctx, platforms)
-    except InputError as exc:
-        logger.warning("rejected request: %s", exc)
-        return exc.to_json(), 400
-    except SDEError as exc:
-        logger.error("cannot start run: %s", exc)
-        return {"run_id": ctx.run_id, "error": exc.error_class, "message": str(exc)}, 500
+    accounts = _select_accounts(ctx, platforms)
     logger.info("run started: %d account(s)", len(accounts),
                 extra={"fields": {"accounts": len(accounts), "dry_run": ctx.dry_run}})
     results: list[tuple[Account, AccountResult]] = []
@@ -248,6 +273,16 @@ def _run(ctx: RunContext, platforms: Sequence[str], sync_account: SyncAccount) -
     return body, status
 
 
+def mirror_registry(conn: Any, config: Config, registry: list[Account] | None = None) -> None:
+    """Copy the registry file (when there is one) into ``social.accounts``; idempotent."""
+    if registry is None:
+        if not config.accounts_file.exists():
+            return
+        registry = load_registry(config.accounts_file, default_timezone=config.default_timezone)
+    with db.transaction(conn):
+        sync_registry(conn, registry)
+
+
 def _select_accounts(ctx: RunContext, platforms: Sequence[str]) -> list[Account]:
     cfg = ctx.config
     wanted = ctx.request.accounts
@@ -259,8 +294,7 @@ def _select_accounts(ctx: RunContext, platforms: Sequence[str]) -> list[Account]
             if unknown:
                 raise InputError("accounts", f"unknown or inactive account(s) for {'/'.join(platforms)}: "
                                              f"{', '.join(unknown)}")
-        with db.transaction(ctx.conn):
-            sync_registry(ctx.conn, registry)
+        mirror_registry(ctx.conn, cfg, registry)
     accounts = [a for p in platforms for a in active_accounts(ctx.conn, p)]
     if wanted is None:
         return accounts
@@ -273,7 +307,8 @@ def _select_accounts(ctx: RunContext, platforms: Sequence[str]) -> list[Account]
 
 def _sync_one(ctx: RunContext, account: Account, sync_account: SyncAccount) -> AccountResult:
     started = time.monotonic()
-    started_at = datetime.now(UTC)
+    # the run's clock (honours NOW_OVERRIDE, so quota days line up with the run's "today")
+    started_at = ctx.now + timedelta(seconds=started - ctx.started)
     if started > ctx.deadline:
         return AccountResult(status="deferred", error_class="deadline", started_at=started_at,
                              error_message="run deadline reached before this account started")
@@ -314,29 +349,47 @@ def _log_result(account: Account, r: AccountResult, i: int, n: int) -> None:
 
 
 def _record(ctx: RunContext, account: Account, r: AccountResult) -> None:
-    """One ledger row per (run, account), in its own transaction so failures are recorded too."""
     try:
-        with db.transaction(ctx.conn):
-            ctx.conn.run(
-                "INSERT INTO social.sync_runs (run_id, function, platform, account_id, trigger, window_start,"
-                " window_end, started_at, finished_at, status, api_calls, quota_units, rows_inserted,"
-                " rows_updated, rows_unchanged, error_class, error_message, details)"
-                " VALUES (:run_id, :function, :platform, :account_id, :trigger, :ws, :we,"
-                " :started_at, clock_timestamp(), :status, :calls, :units, :ins, :upd, :unch,"
-                " :ecls, :emsg, CAST(:details AS jsonb))"
-                " ON CONFLICT (run_id, function, platform, account_id) DO UPDATE SET"
-                " status = EXCLUDED.status, finished_at = EXCLUDED.finished_at, details = EXCLUDED.details,"
-                " error_class = EXCLUDED.error_class, error_message = EXCLUDED.error_message",
-                run_id=ctx.run_id, function=ctx.function, platform=account.platform,
-                account_id=account.account_id, trigger=ctx.trigger, ws=r.window_start, we=r.window_end,
-                started_at=r.started_at, status=r.status, calls=r.api_calls, units=r.quota_units, ins=r.rows_inserted,
-                upd=r.rows_updated, unch=r.rows_unchanged, ecls=r.error_class,
-                emsg=(r.error_message or "")[:2000] or None,
-                details=json.dumps({**r.details, "schedule_time": ctx.schedule_time}, default=str),
-            )
+        record_row(
+            ctx.conn, run_id=ctx.run_id, function=ctx.function, platform=account.platform,
+            account_id=account.account_id, trigger=ctx.trigger, started_at=r.started_at or ctx.now,
+            status=r.status, window_start=r.window_start, window_end=r.window_end, api_calls=r.api_calls,
+            quota_units=r.quota_units, rows_inserted=r.rows_inserted, rows_updated=r.rows_updated,
+            rows_unchanged=r.rows_unchanged, error_class=r.error_class, error_message=r.error_message,
+            details={**r.details, "schedule_time": ctx.schedule_time},
+        )
     except SDEError as exc:
         logger.error("could not record the run ledger row: %s", exc)
         ctx.reset_connection()
+
+
+def record_row(conn: Any, *, run_id: str, function: str, platform: str, account_id: str, trigger: str,
+               started_at: datetime, status: str, outcome: str | None = None, window_start: date | None = None,
+               window_end: date | None = None, api_calls: int = 0, quota_units: int = 0, rows_inserted: int = 0,
+               rows_updated: int = 0, rows_unchanged: int = 0, error_class: str | None = None,
+               error_message: str | None = None, details: Mapping[str, Any] | None = None) -> None:
+    """One ``social.sync_runs`` row per (run, function, platform, account), in its own transaction so
+    that failures are recorded too. A retry of the same run id updates the row."""
+    with db.transaction(conn):
+        conn.run(
+            "INSERT INTO social.sync_runs (run_id, function, platform, account_id, trigger, window_start,"
+            " window_end, started_at, finished_at, status, outcome, api_calls, quota_units, rows_inserted,"
+            " rows_updated, rows_unchanged, error_class, error_message, details)"
+            " VALUES (:run_id, :function, :platform, :account_id, :trigger, :ws, :we,"
+            " :started_at, clock_timestamp(), :status, :outcome, :calls, :units, :ins, :upd, :unch,"
+            " :ecls, :emsg, CAST(:details AS jsonb))"
+            " ON CONFLICT (run_id, function, platform, account_id) DO UPDATE SET"
+            " status = EXCLUDED.status, outcome = EXCLUDED.outcome, finished_at = EXCLUDED.finished_at,"
+            " api_calls = EXCLUDED.api_calls, quota_units = EXCLUDED.quota_units,"
+            " rows_inserted = EXCLUDED.rows_inserted, rows_updated = EXCLUDED.rows_updated,"
+            " rows_unchanged = EXCLUDED.rows_unchanged, details = EXCLUDED.details,"
+            " error_class = EXCLUDED.error_class, error_message = EXCLUDED.error_message",
+            run_id=run_id, function=function, platform=platform, account_id=account_id, trigger=trigger,
+            ws=window_start, we=window_end, started_at=started_at, status=status, outcome=outcome,
+            calls=api_calls, units=quota_units, ins=rows_inserted, upd=rows_updated, unch=rows_unchanged,
+            ecls=error_class, emsg=(error_message or "")[:2000] or None,
+            details=json.dumps(dict(details or {}), default=str),
+        )
 
 
 def _result_json(account: Account, r: AccountResult) -> dict[str, Any]:

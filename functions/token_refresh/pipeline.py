@@ -9,10 +9,8 @@ so Cloud Scheduler does not hammer the platform.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,12 +21,11 @@ from shared import db
 from shared.config import Config
 from shared.errors import InputError, SDEError
 from shared.logs import log_context
-from shared.registry import load_registry, sync_registry
-from shared.runner import trigger_of
+from shared.runner import mirror_registry, read_body, read_names, record_row, serve_http
 from shared.tokens import RefreshOutcome, TokenManager
 from shared.vault import make_vault
 
-__all__ = ["RefreshRequest", "handle", "parse_body", "record_row", "select_credentials"]
+__all__ = ["RefreshRequest", "handle", "parse_body", "select_credentials"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,28 +39,8 @@ class RefreshRequest:
 
 def parse_body(raw: bytes) -> RefreshRequest:
     """Validate the optional JSON body; any problem raises InputError naming the field."""
-    if not raw.strip():
-        return RefreshRequest()
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InputError("body", "is not valid JSON") from None
-    if body is None:
-        return RefreshRequest()
-    if not isinstance(body, dict):
-        raise InputError("body", "must be a JSON object")
-    allowed = settings.BODY_FIELDS
-    for key, value in body.items():
-        if key not in allowed:
-            raise InputError(key, f"unknown field; allowed: {', '.join(sorted(allowed))}")
-        if allowed[key] is bool and not isinstance(value, bool):
-            raise InputError(key, "must be true or false")
-    names = body.get("credentials")
-    if names is not None:
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
-            raise InputError("credentials", "must be a non-empty list of credential names")
-        names = list(dict.fromkeys(n.strip() for n in names))
-    return RefreshRequest(credentials=names, force=bool(body.get("force", False)),
+    body = read_body(raw, settings.BODY_FIELDS)
+    return RefreshRequest(credentials=read_names(body, "credentials"), force=bool(body.get("force", False)),
                           dry_run=bool(body.get("dry_run", False)))
 
 
@@ -73,9 +50,7 @@ def select_credentials(conn: Any, config: Config, vault: Any, wanted: list[str] 
     Default: every credential in the vault plus every credential an active account references (a
     referenced one missing from the vault is reported, not skipped).
     """
-    if config.accounts_file.exists():
-        with db.transaction(conn):
-            sync_registry(conn, load_registry(config.accounts_file))
+    mirror_registry(conn, config)
     rows = conn.run(
         "SELECT secret, platform FROM social.accounts WHERE active AND coalesce(secret, '') <> ''"
         " ORDER BY (platform = 'instagram'), platform, account_id"
@@ -92,25 +67,6 @@ def select_credentials(conn: Any, config: Config, vault: Any, wanted: list[str] 
     return {n: referenced.get(n) for n in sorted(in_vault | set(referenced))}
 
 
-def record_row(conn: Any, *, run_id: str, function: str, platform: str, account_id: str, trigger: str,
-               started_at: datetime, status: str, outcome: str | None, error_class: str | None,
-               error_message: str | None, details: Mapping[str, Any]) -> None:
-    """One ``social.sync_runs`` row in its own transaction (candidate for a public helper in shared/runner)."""
-    with db.transaction(conn):
-        conn.run(
-            "INSERT INTO social.sync_runs (run_id, function, platform, account_id, trigger, started_at,"
-            " finished_at, status, outcome, error_class, error_message, details)"
-            " VALUES (:run_id, :function, :platform, :account_id, :trigger, :started_at, clock_timestamp(),"
-            " :status, :outcome, :ecls, :emsg, CAST(:details AS jsonb))"
-            " ON CONFLICT (run_id, function, platform, account_id) DO UPDATE SET"
-            " status = EXCLUDED.status, outcome = EXCLUDED.outcome, finished_at = EXCLUDED.finished_at,"
-            " details = EXCLUDED.details, error_class = EXCLUDED.error_class, error_message = EXCLUDED.error_message",
-            run_id=run_id, function=function, platform=platform, account_id=account_id, trigger=trigger,
-            started_at=started_at, status=status, outcome=outcome, ecls=error_class,
-            emsg=(error_message or "")[:2000] or None, details=json.dumps(dict(details), default=str),
-        )
-
-
 def _platform(outcome: RefreshOutcome, referenced: str | None) -> str:
     if referenced:
         return referenced
@@ -119,39 +75,23 @@ def _platform(outcome: RefreshOutcome, referenced: str | None) -> str:
 
 def handle(request: Any, config: Config | None = None) -> tuple[dict[str, Any], int]:
     """The whole HTTP contract of ``refresh_tokens``: (JSON body, status)."""
-    run_id = request.headers.get("Function-Execution-Id") or uuid.uuid4().hex
-    trigger = trigger_of(request.headers)
-    with log_context(run_id=run_id, function=settings.FUNCTION, trigger=trigger):
-        if request.method not in ("POST", "GET"):
-            return {"error": "method_not_allowed", "message": "use POST"}, 405
+
+    def work(run_id: str, trigger: str) -> tuple[dict[str, Any], int]:
+        cfg = config or Config.from_env()
+        req = parse_body(request.get_data(cache=True) or b"")
+        conn = db.connect(cfg)
         try:
-            config = config or Config.from_env()
-            req = parse_body(request.get_data(cache=True) or b"")
-        except InputError as exc:
-            logger.warning("rejected request: %s", exc)
-            return exc.to_json(), 400
-        except SDEError as exc:
-            logger.error("cannot start run: %s", exc)
-            return {"error": exc.error_class, "message": str(exc)}, 500
-        conn = None
-        try:
-            conn = db.connect(config)
-            vault = make_vault(config)
-            targets = select_credentials(conn, config, vault, req.credentials)
-            return _run(conn, config, vault, req, targets, run_id, trigger,
+            vault = make_vault(cfg)
+            targets = select_credentials(conn, cfg, vault, req.credentials)
+            return _run(conn, cfg, vault, req, targets, run_id, trigger,
                         request.headers.get("X-CloudScheduler-ScheduleTime"))
-        except InputError as exc:
-            logger.warning("rejected request: %s", exc)
-            return exc.to_json(), 400
-        except SDEError as exc:
-            logger.error("cannot start run: %s", exc)
-            return {"run_id": run_id, "error": exc.error_class, "message": str(exc)}, 500
         finally:
-            if conn is not None:
-                try:
-                    conn.close()
-                except Exception:  # the connection is already broken; nothing to release
-                    logger.debug("closing the run connection failed", exc_info=True)
+            try:
+                conn.close()
+            except Exception:  # the connection is already broken; nothing to release
+                logger.debug("closing the run connection failed", exc_info=True)
+
+    return serve_http(request, settings.FUNCTION, work)
 
 
 def _run(conn: Any, config: Config, vault: Any, req: RefreshRequest, targets: Mapping[str, str | None],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-FUNCTION = "token_refresh"
+FUNCTION = "refresh_tokens"  # social.sync_runs.function = the entry point name, like youtube_sync
 
 #: request body fields (all optional) and their JSON types
 BODY_FIELDS: dict[str, type] = {"credentials": list, "force": bool, "dry_run": bool}

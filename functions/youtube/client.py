@@ -9,39 +9,21 @@ client raises ``QuotaExceededError`` itself instead of letting YouTube refuse a 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from functions.youtube import settings
 from functions.youtube.transform import VideoRef, playlist_refs, report_records
 from shared.auth import call_with_token
 from shared.config import Config
 from shared.errors import FatalApiError, QuotaExceededError, RetriableApiError, TokenRejectedError
-from shared.http import ApiSession
+from shared.http import ApiSession, shared_transport
 from shared.pagination import paginate_page_token
 
 __all__ = ["CachedTokens", "QuotaBudget", "YouTubeClient", "classify", "new_session", "quota_cost"]
-
-_transport_lock = threading.Lock()
-_transport: requests.Session | None = None
-
-
-def _pooled_transport() -> requests.Session:
-    """One pooled ``requests.Session`` per warm instance, shared by every account's ApiSession."""
-    global _transport
-    with _transport_lock:
-        if _transport is None:
-            _transport = requests.Session()
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=10, max_retries=0)
-            _transport.mount("https://", adapter)
-            _transport.mount("http://", adapter)
-        return _transport
-
 
 def quota_cost(method: str, endpoint: str) -> int:
     """Data API units of one call (every attempt counts, invalid requests included)."""
@@ -50,10 +32,8 @@ def quota_cost(method: str, endpoint: str) -> int:
 
 def new_session(config: Config) -> ApiSession:
     """An ApiSession with its own counter (per account) over the instance's pooled connections."""
-    session = ApiSession(settings.PLATFORM, config, classify=classify, quota_cost=quota_cost)
-    session.session.close()
-    session.session = _pooled_transport()
-    return session
+    return ApiSession(settings.PLATFORM, config, classify=classify, quota_cost=quota_cost,
+                      transport=shared_transport())
 
 
 # --- error classification --------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 from werkzeug.test import EnvironBuilder
 
 from shared.config import Config
-from shared.errors import AuthError, LoadError, QuotaExceededError, RetriableApiError
+from shared.errors import AuthError, InputError, LoadError, QuotaExceededError, RetriableApiError
 from shared.registry import Account
 from shared.runner import AccountResult, RunContext, parse_body, run_http, trigger_of
 
@@ -238,11 +238,32 @@ def test_trigger_detection(headers: dict[str, str], trigger: str) -> None:
 
 
 def test_parse_body_options_and_defaults() -> None:
-    today = date(2026, 11, 27)
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
     req = parse_body(b'{"start_date": "2026-11-01", "full_rescan": false}', extra_fields={"full_rescan": bool},
-                     today_max=today)
+                     now=now)
     assert req.window is not None and (req.window.start, req.window.end) == (date(2026, 11, 1), date(2026, 11, 26))
     assert req.options == {"full_rescan": False} and req.dry_run is False
-    assert parse_body(b"  ", today_max=today).accounts is None
-    assert parse_body(b"null", today_max=today).window is None
-    assert parse_body(b'{"accounts": ["a", "a", "b"]}', today_max=today).accounts == ["a", "b"]
+    assert parse_body(b"  ", now=now).accounts is None
+    assert parse_body(b"null", now=now).window is None
+    assert parse_body(b'{"accounts": ["a", "a", "b"]}', now=now).accounts == ["a", "b"]
+
+
+def test_future_means_after_today_in_the_earliest_timezone() -> None:
+    """At 12:00 UTC it is already the next day in UTC+14 (Kiritimati), but not the day after."""
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    assert parse_body(b'{"start_date": "2026-11-28", "end_date": "2026-11-28"}', now=now).window is not None
+    with pytest.raises(InputError) as err:
+        parse_body(b'{"start_date": "2026-11-01", "end_date": "2026-11-29"}', now=now)
+    assert err.value.field == "end_date"
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (b'{"accounts": []}', "accounts"), (b'{"accounts": ["ok", ""]}', "accounts"), (b'{"accounts": "x"}', "accounts"),
+    (b'{"dry_run": "yes"}', "dry_run"), (b'{"start_date": 20261101}', "start_date"), (b"[1]", "body"),
+    (b"{not json", "body"), (b'{"end_date": "2026-11-01"}', "start_date"),
+    (b'{"start_date": "2026-13-01"}', "start_date"),
+])
+def test_parse_body_names_the_bad_field(body: bytes, field: str) -> None:
+    with pytest.raises(InputError) as err:
+        parse_body(body, now=datetime(2026, 11, 27, tzinfo=UTC))
+    assert err.value.field == field

@@ -77,7 +77,7 @@ def test_revoked_credential_needs_reauthorization_while_the_others_complete(
     assert sandbox.ledger.calls("tiktok", endpoint="oauth2.refresh_token") == len(names["tiktok"])
     # one ledger row per credential
     rows = db_conn.run("SELECT account_id, platform, status, outcome, trigger, details FROM social.sync_runs"
-                       " WHERE function = 'token_refresh' AND run_id = :r", r=body["run_id"])
+                       " WHERE function = 'refresh_tokens' AND run_id = :r", r=body["run_id"])
     assert len(rows) == len(outcomes)
     by_name = {r[0]: r for r in rows}
     assert by_name[dead][2:5] == ["failed", "needs_reauthorization", "scheduler"]
