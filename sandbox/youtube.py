@@ -167,6 +167,7 @@ class YouTubeDataEmulator(_GoogleEmulator):
         self._quota_used: dict[date, int] = {}
         self._stats_cache: dict[tuple[str, int], tuple[int, int]] = {}
         self._static: dict[str, dict[str, Any]] = {}  # video id -> time-independent resource parts
+        self._video_stats_cache: dict[str, tuple[int, dict[str, str]]] = {}  # video id -> (minute, statistics)
         for prefix in ("/youtube/v3", ""):
             self.route("GET", prefix + r"/channels", "channels.list", self._channels)
             self.route("GET", prefix + r"/playlistItems", "playlistItems.list", self._playlist_items)
@@ -176,6 +177,7 @@ class YouTubeDataEmulator(_GoogleEmulator):
         with self._quota_lock:
             self._quota_used.clear()
         self._stats_cache.clear()
+        self._video_stats_cache.clear()
 
     def quota_used(self, day: date | None = None) -> int:
         """Units spent on the Pacific-time day ``day`` (default: today on the sandbox clock)."""
@@ -436,11 +438,18 @@ class YouTubeDataEmulator(_GoogleEmulator):
             if part in parts:
                 item[part] = static[part]
         if "statistics" in parts:
-            item["statistics"] = {
-                "viewCount": str(p.metric("views", now)), "likeCount": str(p.metric("likes", now)),
-                "favoriteCount": "0", "commentCount": str(p.metric("comments", now)),
-            }
+            item["statistics"] = self._video_stats(p, now, minute)
         return item
+
+    def _video_stats(self, p: Post, now: datetime, minute: int) -> dict[str, str]:
+        """Lifetime counts, recomputed at most once per sandbox-clock minute per video (hot path)."""
+        hit = self._video_stats_cache.get(p.post_id)
+        if hit is not None and hit[0] == minute:
+            return hit[1]
+        stats = {"viewCount": str(p.metric("views", now)), "likeCount": str(p.metric("likes", now)),
+                 "favoriteCount": "0", "commentCount": str(p.metric("comments", now))}
+        self._video_stats_cache[p.post_id] = (minute, stats)
+        return stats
 
     def _static_video(self, acc: Account, p: Post) -> dict[str, Any]:
         """The time-independent parts of a video resource, built once per video (hot path of videos.list)."""
@@ -575,6 +584,7 @@ class YouTubeAnalyticsEmulator(_GoogleEmulator):
     def __init__(self, sandbox: Sandbox) -> None:
         super().__init__(sandbox)
         self._settled: dict[tuple[str, date], dict[str, Any]] = {}  # pure function of (seed, channel, day)
+        self._observed: dict[tuple[str, date, int], dict[str, Any]] = {}  # + the clock minute
         self.route("GET", r"/v2/reports", "reports.query", self._query)
 
     def account_of(self, req: Request, m: re.Match[str]) -> str | None:
@@ -769,7 +779,18 @@ class YouTubeAnalyticsEmulator(_GoogleEmulator):
         return [_combine([post_values(p, s, e) for p in posts], metrics)]
 
     def channel_day(self, acc: Account, day: date, now: datetime) -> dict[str, Any]:
-        """Channel-level values of one Pacific day as reported at ``now`` (late corrections included)."""
+        """Channel-level values of one Pacific day as reported at ``now`` (late corrections included).
+
+        Cached per sandbox-clock minute: late corrections move on a scale of hours."""
+        key = (acc.account_id, day, int(now.timestamp() // 60))
+        hit = self._observed.get(key)
+        if hit is None:
+            if len(self._observed) > 100_000:
+                self._observed.clear()
+            hit = self._observed[key] = self._channel_day(acc, day, now)
+        return hit
+
+    def _channel_day(self, acc: Account, day: date, now: datetime) -> dict[str, Any]:
         world = self.sb.world
         final = self._settled.get((acc.account_id, day))
         if final is None:
