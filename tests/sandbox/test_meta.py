@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -31,18 +30,10 @@ V = "v26.0"
 GRAPH_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\+0000$")
 
 
-@pytest.fixture(scope="module")
-def sb() -> Iterator[Sandbox]:
-    sandbox = Sandbox(SandboxSettings(world=WorldSettings(posts_per_account=120))).start()
-    yield sandbox
-    sandbox.stop()
-
-
-@pytest.fixture(autouse=True)
-def _reset(sb: Sandbox) -> Iterator[None]:
-    sb.reset()
-    yield
-    sb.reset()
+@pytest.fixture
+def sb(sandbox: Sandbox) -> Sandbox:
+    """The session sandbox (tests/fixtures/sandbox.py), reset before each test."""
+    return sandbox
 
 
 @pytest.fixture

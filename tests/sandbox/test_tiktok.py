@@ -11,7 +11,6 @@ tiktok-business-api-sdk-official 1.1.3): the SDK has no wrapper for the organic 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,18 +26,10 @@ from sandbox.world import Account
 BASE = "/open_api/v1.3"
 
 
-@pytest.fixture(scope="module")
-def sb() -> Iterator[Sandbox]:
-    sandbox = Sandbox(SandboxSettings(world=WorldSettings(posts_per_account=120))).start()
-    yield sandbox
-    sandbox.stop()
-
-
-@pytest.fixture(autouse=True)
-def _reset(sb: Sandbox) -> Iterator[None]:
-    sb.reset()
-    yield
-    sb.reset()
+@pytest.fixture
+def sb(sandbox: Sandbox) -> Sandbox:
+    """The session sandbox (tests/fixtures/sandbox.py), reset before each test."""
+    return sandbox
 
 
 @pytest.fixture
