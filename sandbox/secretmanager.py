@@ -213,13 +213,7 @@ class SecretManagerEmulator(Emulator):
         with self._lock:
             items = [self._secret_json(s) for (loc, _), s in sorted(self._secrets.items(), key=lambda kv: kv[0][1])
                      if loc == m.group("location")]
-        page, token, err = _page(req, items)
-        if err:
-            return err
-        out: dict[str, Any] = {"secrets": page, "totalSize": len(items)} if page else {}
-        if token:
-            out["nextPageToken"] = token
-        return json_response(out)
+        return _list_response(req, items, "secrets")
 
     def _delete_secret(self, req: Request, m: re.Match[str]) -> Response:
         if self._project(req, m) is None:
@@ -282,13 +276,7 @@ class SecretManagerEmulator(Emulator):
                 return self._missing_secret(m)
             items = [self._version_json(sec, v, ints) for v in reversed(sec.versions)
                      if want_state is None or v.state == want_state]
-        page, token, err = _page(req, items)
-        if err:
-            return err
-        out: dict[str, Any] = {"versions": page, "totalSize": len(items)} if page else {}
-        if token:
-            out["nextPageToken"] = token
-        return json_response(out)
+        return _list_response(req, items, "versions")
 
     def _get_version(self, req: Request, m: re.Match[str]) -> Response:
         if self._project(req, m) is None:
@@ -356,6 +344,17 @@ class SecretManagerEmulator(Emulator):
 
 def _etag(name: str, n: int) -> str:
     return '"' + hashlib.blake2b(f"{name}#{n}".encode(), digest_size=7).hexdigest() + '"'
+
+
+def _list_response(req: Request, items: list[dict[str, Any]], key: str) -> Response:
+    """A list method's answer: one page of ``items`` under ``key``; empty lists are ``{}`` like the real API."""
+    page, token, err = _page(req, items)
+    if err:
+        return err
+    out: dict[str, Any] = {key: page, "totalSize": len(items)} if page else {}
+    if token:
+        out["nextPageToken"] = token
+    return json_response(out)
 
 
 def _page(req: Request, items: list[Any]) -> tuple[list[Any], str | None, Response | None]:
