@@ -100,7 +100,7 @@ CREATE TABLE social.account_metrics_daily (
 -- ------------------------------------------------------------------------------------------------
 CREATE TABLE social.sync_runs (
     run_id          text        NOT NULL,
-    function        text        NOT NULL,   -- entry point: youtube_sync | refresh_tokens | (tiktok_sync, meta_sync)
+    function        text        NOT NULL,   -- tiktok | meta | youtube | refresh_tokens | cli command
     platform        text        NOT NULL CHECK (platform IN ('tiktok', 'facebook', 'instagram', 'youtube')),
     account_id      text        NOT NULL DEFAULT '',
     trigger         text        NOT NULL DEFAULT 'scheduler' CHECK (trigger IN ('scheduler', 'manual', 'cli')),
