@@ -20,7 +20,7 @@ from typing import Any
 from shared import db
 from shared.config import Config
 from shared.errors import InputError, LoadError, QuotaExceededError, SDEError
-from shared.logs import log_context
+from shared.logs import log_context, redact
 from shared.registry import Account, active_accounts, load_registry, sync_registry
 from shared.timewindow import DateRange, parse_date
 
@@ -101,9 +101,9 @@ class RunContext:
             from shared.tokens import TokenManager
             from shared.vault import make_vault
 
-            # the manager owns and closes the connections it opens (advisory lock of one refresh): never
-            # hand it the run's transactional connection
-            self._tokens = TokenManager(self.config, make_vault(self.config), lambda: db.connect(self.config))
+            # default connect: a dedicated connection per refresh (it carries the advisory lock), closed
+            # afterwards; never the run's transactional connection
+            self._tokens = TokenManager(self.config, make_vault(self.config))
         return self._tokens
 
     @property
@@ -224,7 +224,7 @@ def serve_http(request: Any, function: str,
             return exc.to_json(), 400
         except SDEError as exc:
             logger.error("cannot start run: %s", exc)
-            return {"run_id": run_id, "error": exc.error_class, "message": str(exc)}, 500
+            return {"run_id": run_id, "error": exc.error_class, "message": redact(str(exc))}, 500
 
 
 def run_http(
@@ -316,15 +316,16 @@ def _sync_one(ctx: RunContext, account: Account, sync_account: SyncAccount) -> A
         result = sync_account(ctx, account)
     except QuotaExceededError as exc:
         result = _from_partial(exc, AccountResult(status="deferred", error_class=exc.error_class,
-                                                  error_message=str(exc)))
+                                                  error_message=redact(str(exc))))
     except SDEError as exc:
         result = _from_partial(exc, AccountResult(status="failed", error_class=exc.error_class,
-                                                  error_message=str(exc), retriable=exc.retriable))
+                                                  error_message=redact(str(exc)), retriable=exc.retriable))
         if isinstance(exc, LoadError):
             ctx.reset_connection()
     except Exception as exc:  # a bug in one account must not stop the others
         logger.error("unexpected error: %s", exc, extra={"fields": {"stack_trace": traceback.format_exc()}})
-        result = AccountResult(status="failed", error_class="internal", error_message=f"{type(exc).__name__}: {exc}")
+        result = AccountResult(status="failed", error_class="internal",
+                               error_message=redact(f"{type(exc).__name__}: {exc}"))
         ctx.reset_connection()
     result.seconds = round(time.monotonic() - started, 3)
     result.started_at = started_at
