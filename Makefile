@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 unit: $(STAMP)
-	@$(PY) -m pytest -q --basetemp=.data/pytest; rc=$$?; \
+	@mkdir -p .data; $(PY) -m pytest -q --basetemp=.data/pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo 'pytest collected no tests' >&2; exit 1; fi; exit $$rc
 
 test: lint unit
