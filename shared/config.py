@@ -6,7 +6,9 @@ A missing or malformed setting raises one ``ConfigError`` that names all of them
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -165,15 +167,28 @@ def _validate(v: Mapping[str, object]) -> list[str]:
         problems.append(f"VAULT_BACKEND: expected 'local' or 'secretmanager', got {v['vault_backend']!r}")
     if v["vault_backend"] == "secretmanager" and not v["gcp_project"]:
         problems.append("GCP_PROJECT: required when VAULT_BACKEND=secretmanager")
-    if not str(v["meta_api_version"]).startswith("v"):
+    if not re.fullmatch(r"v\d+\.\d+", str(v["meta_api_version"])):
         problems.append(f"META_API_VERSION: expected like 'v26.0', got {v['meta_api_version']!r}")
+    if v["database_url"] and urlparse(str(v["database_url"])).scheme not in ("postgresql", "postgres"):
+        problems.append("DATABASE_URL: expected a postgresql:// URL")
+    if str(v["log_level"]).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        problems.append(f"LOG_LEVEL: expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {v['log_level']!r}")
     try:
         ZoneInfo(str(v["default_timezone"]))
     except (ZoneInfoNotFoundError, ValueError):
         problems.append(f"DEFAULT_TIMEZONE: unknown IANA timezone {v['default_timezone']!r}")
-    for name in ("youtube_lag_days", "youtube_lookback_days", "vault_keep_versions", "http_max_retries"):
+    for name in ("youtube_lag_days", "youtube_daily_quota", "http_max_retries"):
         if int(v[name]) < 0:  # type: ignore[call-overload]
             problems.append(f"{name.upper()}: must be >= 0")
+    for name in ("youtube_lookback_days", "vault_keep_versions", "token_refresh_interval_minutes"):
+        if int(v[name]) < 1:  # type: ignore[call-overload]
+            problems.append(f"{name.upper()}: must be >= 1")
+    for name in ("http_timeout_seconds", "run_deadline_seconds"):
+        if not (math.isfinite(float(v[name])) and float(v[name]) > 0):  # type: ignore[arg-type]
+            problems.append(f"{name.upper()}: must be a positive number")
+    for name in ("http_backoff_base_seconds", "http_backoff_cap_seconds"):
+        if not (math.isfinite(float(v[name])) and float(v[name]) >= 0):  # type: ignore[arg-type]
+            problems.append(f"{name.upper()}: must be a number >= 0")
     if not 1 <= int(v["youtube_analytics_batch"]) <= 500:  # type: ignore[call-overload]
         problems.append("YOUTUBE_ANALYTICS_BATCH: must be between 1 and 500 (API filter cap)")
     if v["now_override"]:

@@ -341,6 +341,7 @@ _MIGRATE_CHILD = """
 import json, sys
 from shared import db
 conn = db._connect_url(db.parse_database_url(sys.argv[1]))
+print("ready", flush=True)
 sys.stdin.readline()  # start together
 print(json.dumps(db.migrate(conn)))
 """
@@ -350,7 +351,13 @@ def test_migrations_apply_once_when_two_processes_start_together(empty_database_
     procs = [subprocess.Popen([sys.executable, "-c", _MIGRATE_CHILD, empty_database_url], cwd=REPO_ROOT,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
-    outs = [p.communicate(input="go\n", timeout=120) for p in procs]
+    for p in procs:  # both connected and waiting ...
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in procs:  # ... then released together (communicate() one by one would serialise them)
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     applied = [json.loads(o[0]) for o in outs]
     every = [p.stem for p in sorted(db.MIGRATIONS_DIR.glob("*.sql"))]
