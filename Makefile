@@ -10,7 +10,7 @@ help:
 	@echo "make demo    - start embedded PostgreSQL + API sandbox, run a full sync as Cloud Scheduler would"
 	@echo "              (DEMO_ARGS=--keep-db leaves the database running for psql)"
 	@echo "make test    - ruff + pytest (real PostgreSQL, real HTTP to the sandbox)"
-	@echo "make bench   - benchmarks; results go to BENCHMARKS.md by hand"
+	@echo "make bench   - benchmarks (BENCH_ARGS=\"upsert --quick\" to pick); rebuilds BENCHMARKS.md"
 	@echo "make sandbox - run the API sandbox in the foreground"
 
 $(PY):
@@ -39,7 +39,8 @@ sandbox: $(STAMP)
 	$(PY) -m sandbox
 
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m bench._report
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .ruff_cache
