@@ -7,6 +7,7 @@ Nothing here knows any platform's wire format: emulators render their own errors
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import random
@@ -15,7 +16,8 @@ import secrets
 import socket
 import threading
 import time
-from collections import defaultdict
+import traceback
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -54,6 +56,15 @@ class Request:
 
     def json(self) -> Any:
         return json.loads(self.body or b"null")
+
+    def json_object(self) -> dict[str, Any]:
+        """The body as a JSON object ({} when empty); ValueError when it is not JSON or not an object."""
+        value = self.json()
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError(f"request body must be a JSON object, not {type(value).__name__}")
+        return value
 
     def form(self) -> dict[str, str]:
         return {k: v[0] for k, v in parse_qs(self.body.decode(), keep_blank_values=True).items()}
@@ -98,6 +109,21 @@ class Emulator:
     def __init__(self, sandbox: Sandbox) -> None:
         self.sb = sandbox
         self.routes: list[Route] = []
+        self._minute_cache: dict[Any, Any] = {}
+
+    def per_minute(self, key: Any, now: datetime, build: Callable[[], Any]) -> Any:
+        """``build()`` at most once per (key, sandbox-clock minute): hot renderings whose values move on a
+        scale of minutes (lifetime counters, settling daily values). Cleared by ``Sandbox.reset``."""
+        k = (key, int(now.timestamp() // 60))
+        hit = self._minute_cache.get(k)
+        if hit is None:
+            if len(self._minute_cache) > 50_000:
+                self._minute_cache.clear()
+            hit = self._minute_cache[k] = build()
+        return hit
+
+    def clear_caches(self) -> None:
+        self._minute_cache.clear()
 
     def route(self, method: str, pattern: str, endpoint: str, handler: Handler) -> None:
         self.routes.append(Route(method.upper(), re.compile(pattern + r"\Z"), endpoint, handler))
@@ -125,6 +151,10 @@ class Emulator:
 
     def not_found(self, req: Request) -> Response:
         return self.error_response(404, None, f"No route for {req.method} {req.path}")
+
+    def internal_error(self, req: Request, exc: BaseException) -> Response:
+        """A handler raised: answer the API's own 500 envelope (never a dropped connection)."""
+        return self.error_response(500, None, f"Internal error ({type(exc).__name__}); see the sandbox log")
 
     def reset(self) -> None:
         """Forget per-test state (quota counters, issued tokens)."""
@@ -193,48 +223,93 @@ class LedgerEntry:
 
 
 class Ledger:
-    """Every request the sandbox answered: per emulator, endpoint and account."""
+    """Every request the sandbox answered: per emulator, endpoint and account.
 
-    def __init__(self) -> None:
-        self._entries: list[LedgerEntry] = []
+    Exact running counters (calls, units, ids) per (emulator, endpoint, account) plus a bounded deque of
+    the most recent ``max_entries`` entries: ``calls()``/``units()`` stay exact after old entries are
+    evicted; ``entries()`` and ``ids_per_call()`` only see the retained ones.
+    """
+
+    def __init__(self, max_entries: int | None = 200_000) -> None:
+        self._entries: deque[LedgerEntry] = deque(maxlen=max_entries)
+        self._counters: dict[tuple[str, str, str | None], list[int]] = {}
         self._lock = threading.Lock()
 
+    @property
+    def max_entries(self) -> int | None:
+        return self._entries.maxlen
+
     def record(self, entry: LedgerEntry) -> None:
+        key = (entry.emulator, entry.endpoint, entry.account)
         with self._lock:
             self._entries.append(entry)
+            c = self._counters.get(key)
+            if c is None:
+                c = self._counters[key] = [0, 0, 0]
+            c[0] += 1
+            c[1] += entry.units
+            c[2] += entry.ids
 
     def entries(self, emulator: str | None = None, endpoint: str | None = None,
-                account: str | None = None) -> list[LedgerEntry]:
+                account: str | None = None, limit: int | None = None) -> list[LedgerEntry]:
+        """Retained entries, oldest first; ``limit`` keeps the most recent N of the matching ones."""
         with self._lock:
             items = list(self._entries)
-        return [
+        out = [
             e for e in items
             if (emulator is None or e.emulator == emulator)
             and (endpoint is None or e.endpoint == endpoint)
             and (account is None or e.account == account)
         ]
+        if limit is not None:
+            out = out[-limit:] if limit > 0 else []
+        return out
+
+    def _sum(self, col: int, emulator: str | None, endpoint: str | None, account: str | None) -> int:
+        with self._lock:
+            return sum(
+                c[col] for (em, ep, acc), c in self._counters.items()
+                if (emulator is None or em == emulator) and (endpoint is None or ep == endpoint)
+                and (account is None or acc == account)
+            )
 
     def calls(self, emulator: str | None = None, endpoint: str | None = None, account: str | None = None) -> int:
-        return len(self.entries(emulator, endpoint, account))
+        return self._sum(0, emulator, endpoint, account)
 
     def units(self, emulator: str | None = None, endpoint: str | None = None, account: str | None = None) -> int:
-        return sum(e.units for e in self.entries(emulator, endpoint, account))
+        return self._sum(1, emulator, endpoint, account)
+
+    def ids(self, emulator: str | None = None, endpoint: str | None = None, account: str | None = None) -> int:
+        """Total ids over every call (exact, from the counters)."""
+        return self._sum(2, emulator, endpoint, account)
 
     def ids_per_call(self, emulator: str | None = None, endpoint: str | None = None,
                      account: str | None = None) -> list[int]:
+        """Ids of each retained call (the most recent ``max_entries`` only)."""
         return [e.ids for e in self.entries(emulator, endpoint, account)]
 
-    def summary(self) -> dict[str, Any]:
+    def counters(self) -> dict[tuple[str, str, str | None], dict[str, int]]:
+        """Exact per-(emulator, endpoint, account) totals."""
+        with self._lock:
+            return {k: {"calls": c[0], "units": c[1], "ids": c[2]} for k, c in self._counters.items()}
+
+    def summary(self, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+        """{emulator: {endpoint: {"calls", "units"}}}, exact; emulators in ``exclude`` left out."""
         out: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: {"calls": 0, "units": 0}))
-        for e in self.entries():
-            slot = out[e.emulator][e.endpoint]
-            slot["calls"] += 1
-            slot["units"] += e.units
+        with self._lock:
+            items = list(self._counters.items())
+        for (em, ep, _acc), c in items:
+            if em in exclude:
+                continue
+            slot = out[em][ep]
+            slot["calls"] += c[0]
+            slot["units"] += c[1]
         return {k: dict(v) for k, v in out.items()}
 
     def reset(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._counters.clear()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -275,6 +350,28 @@ class FaultRule:
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {FAULT_KINDS}")
+        for name in ("emulator", "endpoint", "account", "message"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise ValueError(f"{name}: expected a string or null, got {v!r}")
+        for name in ("times", "status"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise ValueError(f"{name}: expected a non-negative integer or null, got {v!r}")
+        if self.status is not None and not 100 <= self.status <= 599:
+            raise ValueError(f"status: expected an HTTP status 100-599, got {self.status!r}")
+        if not isinstance(self.after, int) or isinstance(self.after, bool) or self.after < 0:
+            raise ValueError(f"after: expected a non-negative integer, got {self.after!r}")
+        if (not isinstance(self.probability, (int, float)) or isinstance(self.probability, bool)
+                or not 0.0 <= self.probability <= 1.0):
+            raise ValueError(f"probability: expected a number in 0..1, got {self.probability!r}")
+        if not isinstance(self.delay, (int, float)) or isinstance(self.delay, bool) or self.delay < 0:
+            raise ValueError(f"delay: expected a non-negative number of seconds, got {self.delay!r}")
+        if self.code is not None and (isinstance(self.code, bool) or not isinstance(self.code, (int, str))):
+            raise ValueError(f"code: expected an integer or string, got {self.code!r}")
+        if not isinstance(self.headers, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()):
+            raise ValueError("headers: expected an object of string values")
 
 
 class Faults:
@@ -435,7 +532,12 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
     def _dispatch(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = max(0, int(self.headers.get("Content-Length") or 0))
+        except ValueError:
+            self._send(json_response({"error": {"code": 400, "message": "invalid Content-Length"}}, 400))
+            self.close_connection = True
+            return
         body = self.rfile.read(length) if length else b""
         parts = urlsplit(self.path)
         method = self.command
@@ -449,7 +551,11 @@ class _Handler(BaseHTTPRequestHandler):
                 parts = parts._replace(query=query_string)
                 body = b""
         req = Request(method, parts.path, parse_qs(parts.query, keep_blank_values=True), self.headers, body)
-        resp = self.server.sandbox.handle(self.server.emulator, req)
+        try:
+            resp = self.server.sandbox.handle(self.server.emulator, req)
+        except Exception as exc:  # last resort: dispatch itself failed; still answer with JSON
+            traceback.print_exc()
+            resp = json_response({"error": {"code": 500, "message": f"sandbox failure: {type(exc).__name__}"}}, 500)
         self._send(resp)
 
     def _send(self, resp: Response) -> None:
@@ -499,8 +605,12 @@ def dispatch(sandbox: Sandbox, emulator: Emulator, req: Request) -> Response:
     else:
         route, m = found
         endpoint = route.endpoint
-        req.account = emulator.account_of(req, m)
-        resp = _with_faults(sandbox, emulator, endpoint, req, lambda: route.handler(req, m))
+        try:
+            req.account = emulator.account_of(req, m)
+            resp = _with_faults(sandbox, emulator, endpoint, req, lambda: route.handler(req, m))
+        except Exception as exc:  # a handler bug must not drop the connection
+            traceback.print_exc()
+            resp = emulator.internal_error(req, exc)
     sandbox.ledger.record(LedgerEntry(
         at=sandbox.clock.now().isoformat(), emulator=emulator.name, endpoint=endpoint, method=req.method,
         status=resp.status, account=req.account, units=req.units, ids=req.ids,
@@ -550,6 +660,38 @@ def _guess_account(req: Request) -> str | None:
         if v:
             return v.split("==")[-1]
     return None
+
+
+def repeat_cursor(sandbox: Sandbox, emulator: str, endpoint: str, account: str | None) -> bool:
+    """True when a ``repeat_cursor`` fault fires for this page (paginators then answer the incoming cursor)."""
+    return sandbox.faults.take(emulator, endpoint, account, ("repeat_cursor",)) is not None
+
+
+def scheduler_headers(job_name: str, schedule_time: datetime | None = None, *,
+                      audience: str = "https://sandbox.invalid/",
+                      service_account: str = "scheduler@sde-sandbox.iam.gserviceaccount.com") -> dict[str, str]:
+    """The headers Cloud Scheduler sends to an HTTP target with an OIDC token (api-contracts §4.2).
+
+    ``schedule_time`` defaults to the current minute (UTC); the bearer is a JWT-shaped fake OIDC token
+    (header.payload.signature, base64url, unsigned) whose claims carry ``aud``, ``iss``, ``email``.
+    """
+    at = (schedule_time or datetime.now(UTC).replace(second=0, microsecond=0)).astimezone(UTC)
+    def b64(obj: Any) -> str:
+        raw = obj if isinstance(obj, bytes) else json.dumps(obj, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    iat = int(at.timestamp())
+    claims = {"aud": audience, "azp": service_account, "email": service_account, "email_verified": True,
+              "exp": iat + 3600, "iat": iat, "iss": "https://accounts.google.com",
+              "sub": str(100000000000000000000 + iat)}
+    token = ".".join((b64({"alg": "RS256", "kid": "sandbox", "typ": "JWT"}), b64(claims), b64(b"sandbox-signature")))
+    return {
+        "User-Agent": "Google-Cloud-Scheduler",
+        "X-CloudScheduler": "true",
+        "X-CloudScheduler-JobName": job_name,
+        "X-CloudScheduler-ScheduleTime": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/octet-stream",
+    }
 
 
 def dataclass_json(obj: Any) -> Any:

@@ -2,7 +2,8 @@
 
 Wire format: api-contracts.md §3.3. Form-encoded body; success is 200 with ``access_token`` /
 ``expires_in`` / ``scope`` / ``token_type`` and (normally) no new ``refresh_token``; a dead refresh token
-is 400 ``invalid_grant``; bad client credentials 401 ``invalid_client`` [U].
+is 400 ``invalid_grant``; bad client credentials ``invalid_client`` with HTTP
+``settings.google_invalid_client_status`` (401) [U].
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ class GoogleOAuthEmulator(Emulator):
         ctype = (req.header("Content-Type") or "").lower()
         if req.body and "json" in ctype:
             try:
-                body = {k: str(v) for k, v in (req.json() or {}).items()}
-            except (ValueError, AttributeError):
+                body = {k: str(v) for k, v in req.json_object().items()}
+            except ValueError:
                 return _oauth_error(400, "invalid_request", "Invalid JSON payload received.")
         else:
             body = req.form()
@@ -94,9 +95,9 @@ class GoogleOAuthEmulator(Emulator):
             return _oauth_error(400, "unsupported_grant_type", "Invalid grant_type: ")
         s = self.sb.settings
         if client_id != s.google_client_id:
-            return _oauth_error(401, "invalid_client", "The OAuth client was not found.")
+            return _oauth_error(s.google_invalid_client_status, "invalid_client", "The OAuth client was not found.")
         if client_secret != s.google_client_secret:
-            return _oauth_error(401, "invalid_client", "Unauthorized")
+            return _oauth_error(s.google_invalid_client_status, "invalid_client", "Unauthorized")
         if grant_type != "refresh_token":
             return _oauth_error(400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}")
         token = body.get("refresh_token")

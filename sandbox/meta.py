@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 from sandbox.core import Emulator, FaultRule, Grant, Request, Response, Route, dispatch, json_response
-from sandbox.world import Account, Post, unit
+from sandbox.world import Account, Post, first_index, unit
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
 USER_TOKEN_LIFETIME = timedelta(days=60)
@@ -131,6 +131,17 @@ IG_USER_DEPRECATED_METRICS = frozenset({
     "impressions", "profile_views", "website_clicks", "email_contacts", "get_directions_clicks",
     "phone_call_clicks", "text_message_clicks",
 })
+#: IG User metrics with period=lifetime (handled apart: contract §2.8, details [U])
+IG_DEMOGRAPHIC_METRICS = frozenset({"follower_demographics", "engaged_audience_demographics"})
+IG_LIFETIME_METRICS = frozenset({"online_followers", *IG_DEMOGRAPHIC_METRICS})
+DEMOGRAPHIC_BREAKDOWNS: dict[str, tuple[str, ...]] = {
+    "age": ("13-17", "18-24", "25-34", "35-44", "45-54", "55-64", "65+"),
+    "city": ("Buenos Aires, Argentina", "Mexico City, Distrito Federal", "Madrid, Comunidad de Madrid",
+             "Santiago, Santiago Metropolitan Region", "New York, New York", "Bogotá, Distrito Especial"),
+    "country": ("AR", "MX", "ES", "CL", "US", "CO", "BR"),
+    "gender": ("F", "M", "U"),
+}
+DEMOGRAPHIC_TIMEFRAMES = ("this_week", "this_month")
 #: IG media metric -> product types it is available for (FEED covers IMAGE/VIDEO/CAROUSEL_ALBUM)
 IG_MEDIA_METRICS: dict[str, tuple[str, ...]] = {
     "reach": ("FEED", "REELS"), "saved": ("FEED", "REELS"), "likes": ("FEED", "REELS"),
@@ -332,7 +343,7 @@ class MetaEmulator(Emulator):
         self._lock = threading.RLock()
         self._local = threading.local()
         self._seq = itertools.count(1)
-        self._index: dict[str, Node] = {}
+        self._index: dict[str, Node] = {}  # pages, IG users, users (posts: World.positions per account)
         self._indexed_accounts = -1
         self._users: dict[str, str] = {}  # user id -> credential
         self._page_tokens: dict[tuple[str, str], str] = {}
@@ -408,14 +419,19 @@ class MetaEmulator(Emulator):
             return Node("me", "me")
         node = self._index.get(node_id)
         if node is None:
+            node = self._post_node(node_id)
+        if node is None:
             return None
         if node.post is not None and node.post.published_at > self.sb.clock.now():
             return None  # not published yet
         return node
 
     def _build_index(self) -> None:
+        """Accounts and users only (cheap); posts/media are indexed per account on first need."""
         world = self.sb.world
         accounts = world.accounts()
+        if self._indexed_accounts == len(accounts):
+            return
         with self._lock:
             if self._indexed_accounts == len(accounts):
                 return
@@ -423,12 +439,8 @@ class MetaEmulator(Emulator):
             for acc in accounts:
                 if acc.platform == "facebook":
                     index[acc.account_id] = Node("page", acc.account_id, acc)
-                    for p in world.all_posts(acc):
-                        index[p.post_id] = Node("post", p.post_id, acc, p)
                 elif acc.platform == "instagram":
                     index[acc.account_id] = Node("ig", acc.account_id, acc)
-                    for p in world.all_posts(acc):
-                        index[p.post_id] = Node("media", p.post_id, acc, p)
             users: dict[str, str] = {}
             for cred, accs in world.credentials().items():
                 if accs[0].platform not in ("facebook", "instagram"):
@@ -439,6 +451,30 @@ class MetaEmulator(Emulator):
                 self._link(accs)
             self._index, self._users = index, users
             self._indexed_accounts = len(accounts)
+
+    def _post_node(self, node_id: str) -> Node | None:
+        """A post/media node by id: FB post ids carry their page id; IG media ids are looked up in the
+        accounts' post indexes, building them one account at a time until found."""
+        owner_id = node_id.split("_", 1)[0] if "_" in node_id else None
+        if owner_id is not None:
+            node = self._index.get(owner_id)
+            if node is None or node.kind != "page" or node.account is None:
+                return None
+            return self._post_in(node.account, node_id)
+        if not node_id.isdigit():
+            return None
+        for acc in self.sb.world.accounts("instagram"):
+            hit = self._post_in(acc, node_id)
+            if hit is not None:
+                return hit
+        return None
+
+    def _post_in(self, acc: Account, post_id: str) -> Node | None:
+        pos = self.sb.world.positions(acc).get(post_id)
+        if pos is None:
+            return None
+        post = self.sb.world.all_posts(acc)[pos]
+        return Node("post" if acc.platform == "facebook" else "media", post_id, acc, post)
 
     def user_id(self, credential: str) -> str:
         return str(10**15 + int(unit(self.sb.settings.world.seed, credential, "user") * 9 * 10**15))
@@ -562,13 +598,14 @@ class MetaEmulator(Emulator):
                                                  "total_time": app_pct // 2})
         btype = "instagram" if kind in ("ig", "media") else "pages"
         if account and buc_pct >= 1:
-            regain = 60 * 24 if buc_pct >= 100 else 0
+            regain = 60 * 24 if buc_pct >= s.meta_throttle_at_percent else 0
             headers["X-Business-Use-Case-Usage"] = json.dumps({account: [{
                 "type": btype, "call_count": buc_pct, "total_cputime": buc_pct // 2, "total_time": buc_pct // 2,
                 "estimated_time_to_regain_access": regain}]})
-        if app_pct >= 100:
+        limit = s.meta_throttle_at_percent
+        if app_pct >= limit:
             raise GraphError(4, THROTTLE_MESSAGES[4], transient=True, headers=headers)
-        if buc_pct >= 100:
+        if buc_pct >= limit:
             code = 80002 if btype == "instagram" else 80001
             raise GraphError(code, THROTTLE_MESSAGES[code], transient=True, headers=headers)
         return headers
@@ -691,7 +728,7 @@ class MetaEmulator(Emulator):
             "id": acc.account_id, "ig_id": int(acc.account_id[-10:]), "username": acc.name, "name": acc.brand,
             "biography": f"{acc.brand} official", "followers_count": self.sb.world.followers(acc, now.date()),
             "follows_count": int(50 + 400 * unit(acc.account_id, "follows")),
-            "media_count": len(self.sb.world.posts(acc, now)),
+            "media_count": self.sb.world.visible_count(acc, now),
             "profile_picture_url": f"https://scontent.cdninstagram.com/v/t51.2885-19/{acc.account_id}.jpg",
             "website": f"https://{acc.slug}.example.com",
         }
@@ -730,39 +767,52 @@ class MetaEmulator(Emulator):
 
     def _cursor_page(self, req: Request, items: list[tuple[str, Any]], render: Callable[[Any], dict[str, Any]]
                      ) -> dict[str, Any]:
-        limit = self._limit(req)
+        """Cursor paging over a small in-memory list of (key, value)."""
+        positions = {k: i for i, (k, _) in enumerate(items)}
+        values = [v for _, v in items]
         keys = [k for k, _ in items]
-        start = 0
+        return self._cursor_range(req, values, 0, len(values), keys.__getitem__, positions, render)
+
+    def _cursor_range(self, req: Request, seq: Any, lo: int, hi: int, key_at: Callable[[int], str],
+                      positions: dict[str, int], render: Callable[[Any], dict[str, Any]],
+                      endpoint: str | None = None, account: str | None = None) -> dict[str, Any]:
+        """Cursor paging over ``seq[lo:hi]``: O(log n + page) per call (cursor key -> position by dict)."""
+        limit = self._limit(req)
+        start = lo
         after, before = req.arg("after"), req.arg("before")
         if after:
-            start = self._cursor_pos(after, keys) + 1
-        end = start + limit
+            start = self._cursor_pos(after, positions, lo, hi) + 1
+        end = min(hi, start + limit)
         if before and not after:
-            end = self._cursor_pos(before, keys)
-            start = max(0, end - limit)
-        page = items[start:end]
+            end = self._cursor_pos(before, positions, lo, hi)
+            start = max(lo, end - limit)
+        page = [seq[i] for i in range(start, end)]
         req.ids = len(page)
-        out: dict[str, Any] = {"data": [render(v) for _, v in page]}
+        out: dict[str, Any] = {"data": [render(v) for v in page]}
         if not page:
             return out
-        cursors = {"before": _cursor(page[0][0]), "after": _cursor(page[-1][0])}
+        cursors = {"before": _cursor(key_at(start)), "after": _cursor(key_at(end - 1))}
+        has_next = end < hi
+        if after and endpoint and self.sb.faults.take(self.name, endpoint, account, ("repeat_cursor",)):
+            cursors["after"], has_next = after, True  # injected: the page repeats the incoming cursor
         paging: dict[str, Any] = {"cursors": cursors}
-        if start > 0:
+        if start > lo:
             paging["previous"] = self._url(req, {"before": cursors["before"], "limit": str(limit)}, drop=("after",))
-        if end < len(items):
+        if has_next:
             paging["next"] = self._url(req, {"after": cursors["after"], "limit": str(limit)}, drop=("before",))
         out["paging"] = paging
         return out
 
     @staticmethod
-    def _cursor_pos(cursor: str, keys: list[str]) -> int:
+    def _cursor_pos(cursor: str, positions: dict[str, int], lo: int, hi: int) -> int:
         try:
             key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
             raise GraphError(100, "(#100) The after/before cursor is malformed") from exc
-        if not key.startswith("sbx:") or key[4:] not in keys:
+        pos = positions.get(key[4:]) if key.startswith("sbx:") else None
+        if pos is None or not lo <= pos < hi:
             raise GraphError(100, "(#100) The after/before cursor is malformed")
-        return keys.index(key[4:])
+        return pos
 
     def _url(self, req: Request, replace: dict[str, str], drop: tuple[str, ...] = ()) -> str:
         host = req.header("Host") or "graph.facebook.com"
@@ -773,24 +823,35 @@ class MetaEmulator(Emulator):
         return f"http://{host}{req.path}?{urlencode(query)}"
 
     # -- posts ---------------------------------------------------------------------------------------------
-    def _window_filter(self, req: Request, posts: list[Post]) -> list[Post]:
+    def _post_range(self, req: Request, acc: Account) -> tuple[list[Post], int, int]:
+        """(all posts newest first, lo, hi): the visible posts inside since/until, by binary search."""
+        world = self.sb.world
+        posts = world.all_posts(acc)
+        lo, hi = world.first_visible(acc, self.sb.clock.now()), len(posts)
         since, until = req.arg("since"), req.arg("until")
-        if since:
-            s = parse_time(since, "since")
-            posts = [p for p in posts if p.published_at >= s]
         if until:
             u = parse_time(until, "until")
-            posts = [p for p in posts if p.published_at <= u]
-        return posts
+            lo = max(lo, first_index(posts, lambda p: p.published_at <= u))
+        if since:
+            t = parse_time(since, "since")
+            hi = min(hi, first_index(posts, lambda p: p.published_at < t))
+        return posts, lo, max(lo, hi)
+
+    def _post_page(self, req: Request, acc: Account, endpoint: str, render: Callable[[Any], dict[str, Any]]
+                   ) -> dict[str, Any]:
+        posts, lo, hi = self._post_range(req, acc)
+        return self._cursor_range(req, posts, lo, hi, lambda i: posts[i].post_id, self.sb.world.positions(acc),
+                                  render, endpoint, acc.account_id)
 
     def _page_posts(self, req: Request, m: re.Match[str], grant: Grant, node: Node) -> Response:
         acc = node.account
         assert acc is not None
         specs = self._fields(req, POST_FIELDS, ("created_time", "message", "id"), "Post")
         self._check_post_expansions(specs)
-        posts = self._window_filter(req, self.sb.world.posts(acc, self.sb.clock.now()))
-        return json_response(self._cursor_page(req, [(p.post_id, p) for p in posts],
-                                               lambda p: self._post_obj(p, acc, specs)))
+        key = ("post", req.arg("fields"), self.sb.settings.meta_omit_zero_shares)
+        now = self.sb.clock.now()
+        return json_response(self._post_page(req, acc, "page.posts", lambda p: self.per_minute(
+            (*key, p.post_id), now, lambda: self._post_obj(p, acc, specs))))
 
     def _check_post_expansions(self, specs: list[FieldSpec]) -> None:
         for s in specs:
@@ -818,7 +879,7 @@ class MetaEmulator(Emulator):
             elif n == "permalink_url":
                 out[n] = f"https://www.facebook.com/{acc.account_id}/posts/{local}"
             elif n == "shares":
-                if shares:
+                if shares or not self.sb.settings.meta_omit_zero_shares:
                     out[n] = {"count": shares}
             elif n in ("reactions", "likes", "comments"):
                 total = {"reactions": reactions, "likes": likes, "comments": comments}[n]
@@ -953,12 +1014,23 @@ class MetaEmulator(Emulator):
                                       "month, lifetime, total_over_range")
         since, until = self._window(req, PAGE_INSIGHTS_MAX_SECONDS, 2, 1,
                                     "There cannot be more than 93 days (8035200 s) between since and until")
+        key = ("page.insights", acc.account_id, tuple(metrics), tuple(periods), since, until,
+               self.sb.settings.meta_page_unsupported_period)
+        data = self.per_minute(key, self.sb.clock.now(), lambda: self._page_insights_data(acc, metrics, periods,
+                                                                                        since, until))
+        req.ids = 1
+        return json_response({"data": data, "paging": self._time_paging(req, since, until)})
+
+    def _page_insights_data(self, acc: Account, metrics: list[str], periods: list[str], since: datetime,
+                            until: datetime) -> list[dict[str, Any]]:
         days = self._days(since, until, acc)
         data = []
         for metric in metrics:
             title, _, _, supported = PAGE_METRICS[metric]
             for period in periods:
                 if period not in supported:
+                    if self.sb.settings.meta_page_unsupported_period == "error":
+                        raise invalid_metric()
                     continue
                 window = {"day": 1, "week": 7, "days_28": 28}[period]
                 values = []
@@ -970,23 +1042,27 @@ class MetaEmulator(Emulator):
                     values.append({"value": value, "end_time": end_time(d)})
                 data.append({"name": metric, "period": period, "values": values, "title": title,
                              "description": f"Daily: {title}", "id": f"{acc.account_id}/insights/{metric}/{period}"})
-        req.ids = 1
-        return json_response({"data": data, "paging": self._time_paging(req, since, until)})
+        return data
 
     # -- Instagram user insights --------------------------------------------------------------------------------
     def _ig_insights(self, req: Request, m: re.Match[str], grant: Grant, node: Node) -> Response:
         acc = node.account
         assert acc is not None
         metrics = self._metric_list(req)
-        valid = sorted(IG_USER_METRICS)
+        if any(x in IG_USER_DEPRECATED_METRICS for x in metrics):
+            raise invalid_metric()  # a deprecated metric fails the whole request (contract §2.6/§2.8)
+        valid = sorted({*IG_USER_METRICS, *IG_LIFETIME_METRICS})
         for i, metric in enumerate(metrics):
-            if metric not in IG_USER_METRICS or metric in IG_USER_DEPRECATED_METRICS:
+            if metric not in IG_USER_METRICS and metric not in IG_LIFETIME_METRICS:
                 raise GraphError(100, f"(#100) metric[{i}] must be one of the following values: {', '.join(valid)}")
         periods = _list_param(req.arg("period"))
         period = periods[0] if len(periods) == 1 else ""
         if not period:
             raise GraphError(100, "(#100) The value must be a valid period: period must be one of the following "
                                   "values: day, week, days_28, month, lifetime, total_over_range")
+        lifetime = [x for x in metrics if x in IG_LIFETIME_METRICS]
+        if lifetime or period == "lifetime":
+            return self._ig_lifetime(req, acc, metrics, period)
         metric_type = req.arg("metric_type") or "default"
         if metric_type not in ("default", "time_series", "total_value"):
             raise GraphError(100, "(#100) metric_type must be one of the following values: default, time_series, "
@@ -1052,6 +1128,75 @@ class MetaEmulator(Emulator):
             out["paging"] = self._time_paging(req, since, until)
         return json_response(out)
 
+    def _ig_lifetime(self, req: Request, acc: Account, metrics: list[str], period: str) -> Response:
+        """``online_followers`` (per-day hour map) and the demographics metrics (total_value + breakdown +
+        timeframe): both ``period=lifetime`` only (contract §2.8, details [U])."""
+        for x in metrics:
+            if x not in IG_LIFETIME_METRICS:
+                raise GraphError(100, f"(#100) {x} does not support the {period} period. Supported period: "
+                                      f"{IG_USER_METRICS[x].period}")
+        if period != "lifetime":
+            raise GraphError(100, f"(#100) {metrics[0]} does not support the {period} period. Supported period: "
+                                  "lifetime")
+        demo = [x for x in metrics if x in IG_DEMOGRAPHIC_METRICS]
+        if demo and len(demo) != len(metrics):
+            raise GraphError(100, "(#100) online_followers cannot be requested together with demographic metrics")
+        metric_type = req.arg("metric_type") or "default"
+        now = self.sb.clock.now()
+        world = self.sb.world
+        followers = world.followers(acc, pacific_date(now))
+        req.ids = 1
+        if not demo:  # online_followers
+            if metric_type not in ("default", "time_series"):
+                raise GraphError(100, f"(#100) online_followers is not compatible with the metric type ({metric_type})")
+            since, until = self._window(req, IG_INSIGHTS_MAX_SECONDS, self.sb.settings.meta_ig_default_days, 100,
+                                        "(#100) There cannot be more than 30 days (2592000 s) between since and until")
+            oldest = pacific_date(now) - timedelta(days=30)
+            days = [d for d in self._days(since, until, acc) if d >= oldest and d >= acc.created_at.date()]
+            if followers < 100 or not days:
+                return json_response({"data": []})  # missing data -> empty data set
+            values = []
+            for d in days:
+                weights = [0.3 + unit(acc.account_id, "online", d.toordinal(), h) + (1.2 if 17 <= h <= 22 else 0)
+                           for h in range(24)]
+                top = max(weights)
+                values.append({"value": {str(h): int(followers * 0.4 * w / top) for h, w in enumerate(weights)},
+                               "end_time": end_time(d)})
+            item = {"name": "online_followers", "period": "lifetime", "values": values,
+                    "title": "Online followers",
+                    "description": "Followers of this profile online per hour of the day (sandbox)",
+                    "id": f"{acc.account_id}/insights/online_followers/lifetime"}
+            return json_response({"data": [item], "paging": self._time_paging(req, since, until)})
+        if metric_type != "total_value":
+            raise GraphError(100, f"(#100) The following metrics ({', '.join(demo)}) should be specified with "
+                                  "parameter metric_type=total_value")
+        breakdowns = _list_param(req.arg("breakdown"))
+        if not breakdowns:
+            raise GraphError(100, "(#100) breakdown is required for demographic metrics: one or more of "
+                                  f"{', '.join(DEMOGRAPHIC_BREAKDOWNS)}")
+        for b in breakdowns:
+            if b not in DEMOGRAPHIC_BREAKDOWNS:
+                raise GraphError(100, f"(#100) Incompatible breakdown {b} for the metric {demo[0]}")
+        timeframe = req.arg("timeframe")
+        if timeframe not in DEMOGRAPHIC_TIMEFRAMES:
+            raise GraphError(100, "(#100) timeframe must be one of the following values: "
+                                  f"{', '.join(DEMOGRAPHIC_TIMEFRAMES)}")
+        if followers < 100:
+            return json_response({"data": []})
+        data = []
+        for x in demo:
+            base = followers if x == "follower_demographics" else int(followers * 0.08)
+            combos = list(itertools.product(*(DEMOGRAPHIC_BREAKDOWNS[b] for b in breakdowns)))
+            parts = _split_value(base, (acc.account_id, x, tuple(breakdowns), timeframe),
+                                 tuple("|".join(c) for c in combos))
+            ranked = sorted(zip(combos, parts, strict=True), key=lambda cp: -cp[1])[:45]  # top 45 only
+            results = [{"dimension_values": list(c), "value": n} for c, n in ranked if n]
+            title = "Follower demographics" if x == "follower_demographics" else "Engaged audience demographics"
+            data.append({"name": x, "period": "lifetime", "title": title, "description": f"{title} (sandbox)",
+                         "total_value": {"breakdowns": [{"dimension_keys": breakdowns, "results": results}]},
+                         "id": f"{acc.account_id}/insights/{x}/lifetime"})
+        return json_response({"data": data})
+
     # -- Instagram media --------------------------------------------------------------------------------------
     def _ig_media(self, req: Request, m: re.Match[str], grant: Grant, node: Node) -> Response:
         acc = node.account
@@ -1059,12 +1204,16 @@ class MetaEmulator(Emulator):
         specs = self._fields(req, IG_MEDIA_FIELDS, ("id",), "IGMedia")
         for s in specs:
             if s.name == "insights" and "metric" in s.mods:
-                for i, metric in enumerate(_list_param(s.mods["metric"])):
+                requested = _list_param(s.mods["metric"])
+                if any(x in IG_MEDIA_DEPRECATED_METRICS for x in requested):
+                    raise invalid_metric()
+                for i, metric in enumerate(requested):
                     if metric not in IG_MEDIA_METRICS:
                         raise self._media_metric_error(i)
-        posts = self._window_filter(req, self.sb.world.posts(acc, self.sb.clock.now()))
-        return json_response(self._cursor_page(req, [(p.post_id, p) for p in posts],
-                                               lambda p: self._media_obj(p, acc, specs)))
+        key = ("media", req.arg("fields"), self.sb.settings.meta_ig_watch_time_unit)
+        now = self.sb.clock.now()
+        return json_response(self._post_page(req, acc, "ig.media", lambda p: self.per_minute(
+            (*key, p.post_id), now, lambda: self._media_obj(p, acc, specs))))
 
     @staticmethod
     def _media_types(p: Post) -> tuple[str, str]:
@@ -1127,14 +1276,15 @@ class MetaEmulator(Emulator):
         views = p.metric("views", now)
         likes, comments = p.metric("likes", now), p.metric("comments", now)
         shares, saves = p.metric("shares", now), p.metric("saves", now)
+        ms = 1000 if self.sb.settings.meta_ig_watch_time_unit == "ms" else 1
         value: Any = {
             "reach": p.metric("reach", now), "saved": saves, "likes": likes, "comments": comments, "shares": shares,
             "total_interactions": likes + comments + shares + saves, "views": views, "reposts": int(shares * 0.1),
             "total_likes": likes, "total_comments": comments, "total_views": views,
             "follows": p.metric("subscribers", now), "profile_visits": int(views * 0.01),
             "profile_activity": int(views * 0.012),
-            "ig_reels_avg_watch_time": int(p.duration_seconds * 0.45 * 1000),
-            "ig_reels_video_view_total_time": p.metric("watch_seconds", now) * 1000,
+            "ig_reels_avg_watch_time": int(p.duration_seconds * 0.45 * ms),
+            "ig_reels_video_view_total_time": p.metric("watch_seconds", now) * ms,
             "reels_skip_rate": round(20 + 40 * unit(p.post_id, "skip"), 2) if views else 0,
             "crossposted_views": 0, "facebook_views": 0, "navigation": 0, "replies": 0, "link_clicks": 0,
         }[metric]
@@ -1146,8 +1296,10 @@ class MetaEmulator(Emulator):
         p = node.post
         assert p is not None
         metrics = self._metric_list(req)
+        if any(x in IG_MEDIA_DEPRECATED_METRICS for x in metrics):
+            raise invalid_metric()  # a deprecated metric fails the whole request
         for i, metric in enumerate(metrics):
-            if metric not in IG_MEDIA_METRICS or metric in IG_MEDIA_DEPRECATED_METRICS:
+            if metric not in IG_MEDIA_METRICS:
                 raise self._media_metric_error(i)
         _, product = self._media_types(p)
         for metric in metrics:

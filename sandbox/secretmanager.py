@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import google_crc32c
 
-from sandbox.core import Emulator, FaultRule, Request, Response, json_response
+from sandbox.core import Emulator, FaultRule, Request, Response, json_response, repeat_cursor
 
 if TYPE_CHECKING:
     from sandbox.server import Sandbox
@@ -123,6 +123,15 @@ class SecretManagerEmulator(Emulator):
     def not_found(self, req: Request) -> Response:
         return sm_error(404, f"The requested URL {req.path} was not found on this server.")
 
+    def _etag_mismatch(self) -> Response:
+        s = self.sb.settings  # status and code are [U] (contract §4.1): settings
+        return sm_error(s.secret_manager_etag_mismatch_status,
+                        "The etag provided in the request does not match the current etag.",
+                        s.secret_manager_etag_mismatch_code)
+
+    def _repeat(self, req: Request, endpoint: str, account: str | None) -> bool:
+        return bool(req.arg("pageToken")) and repeat_cursor(self.sb, self.name, endpoint, account)
+
     def _project(self, req: Request, m: re.Match[str]) -> str | None:
         p = m.group("project")
         s = self.sb.settings
@@ -185,10 +194,8 @@ class SecretManagerEmulator(Emulator):
             return sm_error(400, "Secret ID must be 1-255 characters of letters, numbers, dashes and underscores."
                             if secret_id else "Secret ID must be set.")
         try:
-            body = req.json() or {}
+            body = req.json_object()
         except ValueError:
-            return sm_error(400, "Invalid JSON payload received.")
-        if not isinstance(body, dict):
             return sm_error(400, "Invalid JSON payload received.")
         key = (m.group("location"), secret_id)
         with self._lock:
@@ -213,7 +220,7 @@ class SecretManagerEmulator(Emulator):
         with self._lock:
             items = [self._secret_json(s) for (loc, _), s in sorted(self._secrets.items(), key=lambda kv: kv[0][1])
                      if loc == m.group("location")]
-        return _list_response(req, items, "secrets")
+        return _list_response(req, items, "secrets", self._repeat(req, "secrets.list", None))
 
     def _delete_secret(self, req: Request, m: re.Match[str]) -> Response:
         if self._project(req, m) is None:
@@ -224,8 +231,7 @@ class SecretManagerEmulator(Emulator):
                 return self._missing_secret(m)
             wanted = req.arg("etag")
             if wanted and wanted != _etag(self._secret_name(sec), sec.etag_n):
-                return sm_error(409, "The etag provided in the request does not match the current etag.",
-                                "ABORTED")
+                return self._etag_mismatch()
             del self._secrets[(m.group("location"), m.group("account"))]
         return json_response({})
 
@@ -234,10 +240,13 @@ class SecretManagerEmulator(Emulator):
         if self._project(req, m) is None:
             return self._denied(m, "secretmanager.versions.add", req)
         try:
-            body = req.json() or {}
+            body = req.json_object()
+        except ValueError:
+            return sm_error(400, "Invalid JSON payload received.")
+        try:
             payload = body.get("payload") or {}
             data = base64.b64decode(payload.get("data") or "", validate=True)
-        except (ValueError, AttributeError, binascii.Error):
+        except (ValueError, AttributeError, TypeError, binascii.Error):
             return sm_error(400, "Invalid value at 'payload.data' (TYPE_BYTES), Base64 decoding failed.")
         if len(data) > MAX_PAYLOAD:
             return sm_error(400, f"Secret Payload cannot be larger than 64KiB (got {len(data)} bytes).")
@@ -276,7 +285,8 @@ class SecretManagerEmulator(Emulator):
                 return self._missing_secret(m)
             items = [self._version_json(sec, v, ints) for v in reversed(sec.versions)
                      if want_state is None or v.state == want_state]
-        return _list_response(req, items, "versions")
+        return _list_response(req, items, "versions",
+                              self._repeat(req, "versions.list", m.group("account")))
 
     def _get_version(self, req: Request, m: re.Match[str]) -> Response:
         if self._project(req, m) is None:
@@ -316,7 +326,7 @@ class SecretManagerEmulator(Emulator):
         if self._project(req, m) is None:
             return self._denied(m, f"secretmanager.versions.{action}", req)
         try:
-            body = req.json() or {}
+            body = req.json_object()
         except ValueError:
             return sm_error(400, "Invalid JSON payload received.")
         with self._lock:
@@ -327,10 +337,9 @@ class SecretManagerEmulator(Emulator):
             if v is None:
                 return self._missing_version(sec, m)
             name = f"{self._secret_name(sec)}/versions/{v.number}"
-            wanted = body.get("etag") if isinstance(body, dict) else None
+            wanted = body.get("etag")
             if wanted and wanted != _etag(name, v.etag_n):
-                return sm_error(409, "The etag provided in the request does not match the current etag.",
-                                "ABORTED")
+                return self._etag_mismatch()
             if v.state == "DESTROYED" and action != "destroy":
                 return sm_error(400, f"Secret Version [{name}] is in DESTROYED state.", "FAILED_PRECONDITION")
             if action == "destroy":
@@ -346,11 +355,14 @@ def _etag(name: str, n: int) -> str:
     return '"' + hashlib.blake2b(f"{name}#{n}".encode(), digest_size=7).hexdigest() + '"'
 
 
-def _list_response(req: Request, items: list[dict[str, Any]], key: str) -> Response:
-    """A list method's answer: one page of ``items`` under ``key``; empty lists are ``{}`` like the real API."""
+def _list_response(req: Request, items: list[dict[str, Any]], key: str, repeat: bool = False) -> Response:
+    """A list method's answer: one page of ``items`` under ``key``; empty lists are ``{}`` like the real API.
+    ``repeat`` (injected fault): the page answers the request's own ``pageToken`` as ``nextPageToken``."""
     page, token, err = _page(req, items)
     if err:
         return err
+    if repeat:
+        token = req.arg("pageToken")
     out: dict[str, Any] = {key: page, "totalSize": len(items)} if page else {}
     if token:
         out["nextPageToken"] = token

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +23,10 @@ from sandbox.core import (
 )
 from sandbox.world import PLATFORMS, Account, World, WorldSettings
 
+#: fields an admin fault rule may set (the counters `fired`/`seen` are the sandbox's)
+FAULT_FIELDS = frozenset(f.name for f in fields(FaultRule)) - {"fired", "seen"}
+ADVANCE_KEYS = frozenset({"weeks", "days", "hours", "minutes", "seconds", "milliseconds", "microseconds"})
+
 #: account platform -> OAuth provider that issues its credential
 PROVIDER_OF = {"tiktok": "tiktok", "facebook": "meta", "instagram": "meta", "youtube": "google"}
 
@@ -33,6 +37,7 @@ class SandboxSettings:
 
     world: WorldSettings = field(default_factory=WorldSettings)
     latency_ms: float = 0.0  # injected on every request
+    ledger_max_entries: int | None = 200_000  # recent ledger entries kept (counters stay exact); None = all
     project_id: str = "sde-sandbox"
     project_number: str = "123456789012"
     # OAuth app credentials the emulators accept (clients get them through the env settings)
@@ -50,18 +55,41 @@ class SandboxSettings:
     tiktok_data_lag_days: int = 1  # T+1: metrics only for dates <= today-1 (UTC)
     tiktok_short_page_probability: float = 0.1  # pages shorter than max_count while has_more [C]
     tiktok_invalid_client_code: int = 40001  # bad client_id/secret on /tt_user/* (PERMISSION_ERROR) [U]
+    # calls per account per endpoint per sandbox-clock minute before 40100 (contract §1.6 "40 QPM" [U]); None = off
+    tiktok_rate_limit_per_minute: int | None = None
+    tiktok_create_time_as_string: bool = False  # video create_time as "1700000000" instead of a number [U]
     # --- Meta [U] facts -------------------------------------------------------------------------
     meta_api_versions: tuple[str, ...] = ("v24.0", "v25.0", "v26.0", "v27.0")
     meta_max_limit: int = 100  # max `limit` on /posts and /media [U]
     meta_ig_default_days: int = 2  # IG insights without since/until [U]
     meta_app_calls_per_hour: int = 2000  # calls that make X-App-Usage call_count reach 100 % [U]
     meta_buc_calls_per_day: int = 4800  # calls per page/IG account that make the BUC usage reach 100 % [U]
+    meta_throttle_at_percent: int = 100  # usage percentage at which Graph starts throttling [U]
+    meta_omit_zero_shares: bool = True  # post `shares` absent when 0 (else {"count": 0}) [U]
+    meta_ig_watch_time_unit: str = "ms"  # IG reels ig_reels_avg_watch_time / *_total_time: "ms" or "s" [U]
+    # page insights metric asked with a period it does not support (e.g. month, lifetime): "omit" leaves
+    # that metric/period out of `data` (what the sandbox saw documented nowhere), "error" fails with (#100) [U]
+    meta_page_unsupported_period: str = "omit"
     # --- Google [U] facts -----------------------------------------------------------------------
     youtube_daily_quota: int = 10_000
     youtube_analytics_lag_days: int = 2  # most recent days absent from day reports [U exact]
     youtube_analytics_max_ids: int = 500  # ids in filters=video==... [C+/U-text]
     google_rotate_refresh_token: bool = False  # Google normally does not return a new refresh token [C]
     google_access_lifetime_s: int = 3599
+    google_invalid_client_status: int = 401  # HTTP status of `invalid_client` on the token endpoint [U]
+    google_api_key: str = "sbx-google-api-key"  # accepted as `key=` for public YouTube Data reads
+    youtube_omit_private_ids: bool = True  # videos.list silently omits private/deleted ids [U]
+    # --- Secret Manager [U] facts ---------------------------------------------------------------
+    secret_manager_etag_mismatch_status: int = 409  # [U] 409 ABORTED or 400 FAILED_PRECONDITION
+    secret_manager_etag_mismatch_code: str = "ABORTED"
+
+    def __post_init__(self) -> None:
+        if self.meta_ig_watch_time_unit not in ("ms", "s"):
+            raise ValueError("meta_ig_watch_time_unit must be 'ms' or 's'")
+        if self.meta_page_unsupported_period not in ("omit", "error"):
+            raise ValueError("meta_page_unsupported_period must be 'omit' or 'error'")
+        if self.tiktok_rate_limit_per_minute is not None and self.tiktok_rate_limit_per_minute < 1:
+            raise ValueError("tiktok_rate_limit_per_minute must be >= 1 or None")
 
 
 class AdminEmulator(Emulator):
@@ -81,10 +109,33 @@ class AdminEmulator(Emulator):
         self.route("POST", r"/__sandbox/tokens/(?P<action>expire|revoke)", "tokens", self._tokens)
         self.route("POST", r"/__sandbox/reset", "reset", self._reset)
 
+    @staticmethod
+    def _bad(message: str) -> Response:
+        return json_response({"error": message}, 400)
+
+    @staticmethod
+    def _body(req: Request) -> dict[str, Any]:
+        """The JSON object body; ValueError naming the problem otherwise."""
+        try:
+            return req.json_object()
+        except UnicodeDecodeError as exc:
+            raise ValueError("body: not UTF-8 JSON") from exc
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"body: not valid JSON ({exc.msg})") from exc
+
     def _ledger(self, req: Request, m: Any) -> Response:
-        entries = self.sb.ledger.entries(req.arg("emulator"), req.arg("endpoint"), req.arg("account"))
-        entries = [e for e in entries if e.emulator != "admin"]
-        return json_response({"summary": self.sb.ledger.summary(), "entries": dataclass_json(entries)})
+        raw = req.arg("limit")
+        limit = None
+        if raw is not None:
+            if not raw.isdigit():
+                return self._bad("limit: expected a non-negative integer")
+            limit = int(raw)
+        entries = [e for e in self.sb.ledger.entries(req.arg("emulator"), req.arg("endpoint"), req.arg("account"))
+                   if e.emulator != "admin"]
+        if limit is not None:
+            entries = entries[-limit:] if limit else []
+        return json_response({"summary": self.sb.ledger.summary(exclude=("admin",)),
+                              "max_entries": self.sb.ledger.max_entries, "entries": dataclass_json(entries)})
 
     def _world(self, req: Request, m: Any) -> Response:
         return json_response({"now": self.sb.clock.now().isoformat(),
@@ -100,9 +151,17 @@ class AdminEmulator(Emulator):
 
     def _add_fault(self, req: Request, m: Any) -> Response:
         try:
-            rule = self.sb.faults.add(FaultRule(**req.json()))
+            body = self._body(req)
+            if not body:
+                raise ValueError("body: a fault rule object with at least `kind` is required")
+            unknown = sorted(set(body) - FAULT_FIELDS)
+            if unknown:
+                raise ValueError(f"unknown fault rule field(s) {unknown}; expected some of {sorted(FAULT_FIELDS)}")
+            if "kind" not in body:
+                raise ValueError("kind: required")
+            rule = self.sb.faults.add(FaultRule(**body))
         except (TypeError, ValueError) as exc:
-            return json_response({"error": str(exc)}, 400)
+            return self._bad(str(exc))
         return json_response(dataclass_json(rule))
 
     def _clear_faults(self, req: Request, m: Any) -> Response:
@@ -110,21 +169,54 @@ class AdminEmulator(Emulator):
         return json_response({})
 
     def _clock(self, req: Request, m: Any) -> Response:
-        body = req.json() or {}
-        if "set" in body:
-            self.sb.clock.set(datetime.fromisoformat(body["set"]))
-        if "advance" in body:
-            self.sb.clock.advance(**body["advance"])
+        try:
+            body = self._body(req)
+            unknown = sorted(set(body) - {"set", "advance"})
+            if unknown or not body:
+                raise ValueError(f"body: expected {{\"set\": iso}} and/or {{\"advance\": {{...}}}}; got keys {unknown}")
+            instant = None
+            if "set" in body:
+                if not isinstance(body["set"], str):
+                    raise ValueError("set: expected an ISO-8601 string with a timezone")
+                try:
+                    instant = datetime.fromisoformat(body["set"])
+                except ValueError as exc:
+                    raise ValueError(f"set: not an ISO-8601 instant: {body['set']!r}") from exc
+                if instant.tzinfo is None:
+                    raise ValueError("set: the instant needs a timezone (e.g. +00:00 or Z)")
+            delta = None
+            if "advance" in body:
+                adv = body["advance"]
+                if not isinstance(adv, dict) or not adv:
+                    raise ValueError(f"advance: expected an object with some of {sorted(ADVANCE_KEYS)}")
+                bad = sorted(set(adv) - ADVANCE_KEYS)
+                if bad:
+                    raise ValueError(f"advance: unknown key(s) {bad}; expected some of {sorted(ADVANCE_KEYS)}")
+                for k, v in adv.items():
+                    if isinstance(v, bool) or not isinstance(v, (int, float)):
+                        raise ValueError(f"advance.{k}: expected a number, got {v!r}")
+                delta = adv
+        except ValueError as exc:
+            return self._bad(str(exc))
+        if instant is not None:
+            self.sb.clock.set(instant)
+        if delta is not None:
+            self.sb.clock.advance(**delta)
         return json_response({"now": self.sb.clock.now().isoformat()})
 
     def _tokens(self, req: Request, m: Any) -> Response:
-        body = req.json() or {}
-        cred = body.get("credential", "")
-        if m.group("action") == "expire":
-            n = self.sb.tokens.expire(cred, body.get("kind", "access"))
-        else:
-            n = self.sb.tokens.revoke(cred, body.get("kind", "refresh"))
-        return json_response({"affected": n})
+        try:
+            body = self._body(req)
+            cred = body.get("credential")
+            if not isinstance(cred, str) or not cred:
+                raise ValueError("credential: required (a credential name)")
+            kind = body.get("kind", "access" if m.group("action") == "expire" else "refresh")
+            if kind not in ("access", "refresh", "page"):
+                raise ValueError("kind: expected access, refresh or page")
+        except ValueError as exc:
+            return self._bad(str(exc))
+        act = self.sb.tokens.expire if m.group("action") == "expire" else self.sb.tokens.revoke
+        return json_response({"affected": act(cred, kind)})
 
     def _reset(self, req: Request, m: Any) -> Response:
         self.sb.reset()
@@ -143,7 +235,7 @@ class Sandbox:
 
         self.settings = settings or SandboxSettings()
         self.clock = Clock()
-        self.ledger = Ledger()
+        self.ledger = Ledger(self.settings.ledger_max_entries)
         self.faults = Faults(self.settings.world.seed)
         self.tokens = TokenAuthority(self.clock)
         self.world = World(self.settings.world)
@@ -194,6 +286,7 @@ class Sandbox:
         self.tokens.reset()
         self._credentials = None
         for emu in self.emulators:
+            emu.clear_caches()
             emu.reset()
 
     def handle(self, emulator: Emulator, req: Request) -> Response:

@@ -13,11 +13,12 @@ import itertools
 import json
 import re
 import threading
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sandbox.core import Emulator, FaultRule, Request, Response, json_response
-from sandbox.world import Account, Post, unit
+from sandbox.core import Emulator, FaultRule, Request, Response, json_response, repeat_cursor
+from sandbox.world import Account, Post, first_index, unit
 
 BASE = "/open_api/v1.3"
 
@@ -105,6 +106,8 @@ class TikTokEmulator(Emulator):
         super().__init__(sandbox)
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
+        self._calls: dict[tuple[str, str], tuple[int, int]] = {}  # (account, endpoint) -> (minute, calls)
+        self._likes_cache: dict[tuple[str, int], int] = {}  # (account, minute) -> total_likes
         self.route("GET", BASE + r"/business/get/?", "business.get", self._wrap(self._business_get))
         self.route("GET", BASE + r"/business/videos?/list/?", "business.video.list",
                    self._wrap(self._video_list))
@@ -186,7 +189,20 @@ class TikTokEmulator(Emulator):
         }
 
     # -- auth -------------------------------------------------------------------------------------------
-    def _authorize(self, req: Request) -> Account:
+    def _rate_limit(self, account: str, endpoint: str) -> None:
+        """``tiktok_rate_limit_per_minute`` calls per account per endpoint per sandbox-clock minute, then 40100."""
+        limit = self.sb.settings.tiktok_rate_limit_per_minute
+        if limit is None:
+            return
+        minute = int(self.sb.clock.now().timestamp() // 60)
+        with self._lock:
+            last, n = self._calls.get((account, endpoint), (minute, 0))
+            n = n + 1 if last == minute else 1
+            self._calls[(account, endpoint)] = (minute, n)
+        if n > limit:
+            raise TikTokError(REQUEST_TOO_FREQUENT, "Request too frequent. Please try again later.")
+
+    def _authorize(self, req: Request, endpoint: str | None = None) -> Account:
         token = req.header("Access-Token")
         status, grant = self.sb.tokens.check(token, "tiktok", ("access",))
         if status == "missing":
@@ -202,11 +218,13 @@ class TikTokEmulator(Emulator):
         if acc is None or business_id not in grant.accounts:
             raise TikTokError(PERMISSION_ERROR, "No permission to operate business_id " + business_id)
         req.account = business_id
+        if endpoint:
+            self._rate_limit(business_id, endpoint)
         return acc
 
     # -- /business/get/ ---------------------------------------------------------------------------------
     def _business_get(self, req: Request, m: re.Match[str]) -> Response:
-        acc = self._authorize(req)
+        acc = self._authorize(req, "business.get")
         s = self.sb.settings
         now = self.sb.clock.now()
         today = now.date()
@@ -221,10 +239,18 @@ class TikTokEmulator(Emulator):
         if start < today - timedelta(days=s.tiktok_lookback_days):
             raise TikTokError(s.tiktok_out_of_range_code,
                               f"start_date: only the last {s.tiktok_lookback_days} days of data can be queried.")
+        key = ("business", acc.account_id, tuple(fields), start, end, s.tiktok_data_lag_days)
+        data = self.per_minute(key, now, lambda: self._business_data(acc, fields, start, end, now))
+        req.ids = 1
+        return self.envelope(data)
+
+    def _business_data(self, acc: Account, fields: list[str], start: date, end: date, now: datetime
+                       ) -> dict[str, Any]:
+        s = self.sb.settings
+        today = now.date()
         world = self.sb.world
         data: dict[str, Any] = {}
         followers_now = world.followers(acc, today)
-        posts = world.posts(acc, now)
         profile = {
             "is_business_account": True,
             "username": acc.name.lstrip("@"),
@@ -236,8 +262,8 @@ class TikTokEmulator(Emulator):
             "is_verified": unit(acc.account_id, "verified") < 0.5,
             "following_count": int(10 + 300 * unit(acc.account_id, "following")),
             "followers_count": followers_now,
-            "total_likes": sum(p.metric("likes", now) for p in posts),
-            "videos_count": len(posts),
+            "total_likes": self._total_likes(acc, now) if "total_likes" in fields else 0,
+            "videos_count": world.visible_count(acc, now),
         }
         for f in fields:
             if f in PROFILE_FIELDS:
@@ -256,8 +282,19 @@ class TikTokEmulator(Emulator):
             for f in fields:
                 if f in AUDIENCE_FIELDS:
                     data[f] = _audience(acc.account_id, f)
-        req.ids = 1
-        return self.envelope(data)
+        return data
+
+    def _total_likes(self, acc: Account, now: datetime) -> int:
+        """Lifetime likes of the visible videos: O(n), so cached per account and sandbox-clock minute."""
+        key = (acc.account_id, int(now.timestamp() // 60))
+        hit = self._likes_cache.get(key)
+        if hit is None:
+            posts = self.sb.world.all_posts(acc)
+            hit = sum(p.metric("likes", now) for p in posts[self.sb.world.first_visible(acc, now):])
+            if len(self._likes_cache) > 10_000:
+                self._likes_cache.clear()
+            self._likes_cache[key] = hit
+        return hit
 
     def _day(self, acc: Account, d: date, fields: list[str], now: datetime, followers_now: int) -> dict[str, Any]:
         world = self.sb.world
@@ -279,7 +316,7 @@ class TikTokEmulator(Emulator):
 
     # -- /business/video/list/ --------------------------------------------------------------------------
     def _video_list(self, req: Request, m: re.Match[str]) -> Response:
-        acc = self._authorize(req)
+        acc = self._authorize(req, "business.video.list")
         now = self.sb.clock.now()
         fields = _json_list(req.arg("fields"), "fields", ("item_id",))
         unknown = [f for f in fields if f not in VIDEO_FIELDS]
@@ -300,21 +337,30 @@ class TikTokEmulator(Emulator):
         if cursor < 0:
             raise TikTokError(PARAM_ERROR, "cursor: must be a non-negative UTC epoch in milliseconds.")
 
-        candidates = [p for p in self.sb.world.posts(acc, now) if int(p.published_at.timestamp()) * 1000 < cursor]
-        if video_ids is not None:
-            wanted = set(video_ids)
-            candidates = [p for p in candidates if p.post_id in wanted]
+        world = self.sb.world
+        posts = world.all_posts(acc)
+        # newest first: the first visible post published (whole seconds) strictly before the cursor
+        start = max(world.first_visible(acc, now),
+                    first_index(posts, lambda p: int(p.published_at.timestamp()) * 1000 < cursor))
         size = max_count
         s = self.sb.settings
         if size > 1 and unit(s.world.seed, acc.account_id, cursor, "short") < s.tiktok_short_page_probability:
             size = 1 + int(unit(s.world.seed, acc.account_id, cursor, "len") * (size - 1))
-        page = candidates[:size]
-        has_more = len(candidates) > len(page)
+        if video_ids is not None:
+            positions = world.positions(acc)
+            found = sorted({positions[v] for v in video_ids if v in positions and positions[v] >= start})
+            page = [posts[i] for i in found[:size]]
+            has_more = len(found) > len(page)
+        else:
+            page = posts[start:start + size]
+            has_more = start + len(page) < len(posts)
         next_cursor = int(page[-1].published_at.timestamp()) * 1000 if page else cursor
-        if self.sb.faults.take(self.name, "business.video.list", acc.account_id, ("repeat_cursor",)):
+        if req.arg("cursor") and repeat_cursor(self.sb, self.name, "business.video.list", acc.account_id):
             next_cursor = cursor
         at = now - timedelta(days=s.tiktok_data_lag_days)  # lifetime metrics with T+1 latency
-        videos = [self._video(acc, p, fields, at, now) for p in page]
+        key = ("video", tuple(fields), s.tiktok_create_time_as_string, s.tiktok_data_lag_days)
+        videos = [self.per_minute((*key, p.post_id), now, lambda p=p: self._video(acc, p, fields, at, now))
+                  for p in page]
         req.ids = len(videos)
         return self.envelope({"videos": videos, "cursor": next_cursor, "has_more": has_more})
 
@@ -325,58 +371,60 @@ class TikTokEmulator(Emulator):
         username = acc.name.lstrip("@")
         expires = int((now + timedelta(hours=6)).timestamp())
         retention_points = min(max(1, int(p.duration_seconds)), 60)
-        values: dict[str, Any] = {
-            "item_id": pid,
-            "media_type": p.media_type,
-            "is_ad": unit(pid, "ad") < 0.03,
-            "create_time": int(p.published_at.timestamp()),
-            "thumbnail_url": f"https://p16-sign.tiktokcdn-us.com/obj/{pid}~tplv-noop.image?x-expires={expires}",
-            "share_url": f"https://www.tiktok.com/@{username}/video/{pid}",
-            "embed_url": f"https://www.tiktok.com/embed/v2/{pid}",
-            "caption": p.title,
-            "video_duration": round(p.duration_seconds, 3),
-            "likes": p.metric("likes", at),
-            "comments": p.metric("comments", at),
-            "shares": p.metric("shares", at),
-            "favorites": p.metric("saves", at),
-            "reach": p.metric("reach", at),
-            "video_views": views,
-            "total_time_watched": watched,
-            "average_time_watched": round(watched / views, 3) if views else 0.0,
-            "full_video_watched_rate": round(0.05 + 0.4 * unit(pid, "full"), 4) if views else 0.0,
-            "new_followers": p.metric("subscribers", at),
-            "profile_views": int(views * 0.01),
-            "website_clicks": int(views * 0.001),
-            "phone_number_clicks": 0,
-            "lead_submissions": 0,
-            "app_download_clicks": 0,
-            "email_clicks": 0,
-            "address_clicks": 0,
-            "video_view_retention": [
+        values: dict[str, Callable[[], Any]] = {
+            "item_id": lambda: pid,
+            "media_type": lambda: p.media_type,
+            "is_ad": lambda: unit(pid, "ad") < 0.03,
+            "create_time": lambda: (str(int(p.published_at.timestamp()))
+                                    if self.sb.settings.tiktok_create_time_as_string
+                                    else int(p.published_at.timestamp())),
+            "thumbnail_url": lambda: f"https://p16-sign.tiktokcdn-us.com/obj/{pid}~tplv-noop.image?x-expires={expires}",
+            "share_url": lambda: f"https://www.tiktok.com/@{username}/video/{pid}",
+            "embed_url": lambda: f"https://www.tiktok.com/embed/v2/{pid}",
+            "caption": lambda: p.title,
+            "video_duration": lambda: round(p.duration_seconds, 3),
+            "likes": lambda: p.metric("likes", at),
+            "comments": lambda: p.metric("comments", at),
+            "shares": lambda: p.metric("shares", at),
+            "favorites": lambda: p.metric("saves", at),
+            "reach": lambda: p.metric("reach", at),
+            "video_views": lambda: views,
+            "total_time_watched": lambda: watched,
+            "average_time_watched": lambda: round(watched / views, 3) if views else 0.0,
+            "full_video_watched_rate": lambda: round(0.05 + 0.4 * unit(pid, "full"), 4) if views else 0.0,
+            "new_followers": lambda: p.metric("subscribers", at),
+            "profile_views": lambda: int(views * 0.01),
+            "website_clicks": lambda: int(views * 0.001),
+            "phone_number_clicks": lambda: 0,
+            "lead_submissions": lambda: 0,
+            "app_download_clicks": lambda: 0,
+            "email_clicks": lambda: 0,
+            "address_clicks": lambda: 0,
+            "video_view_retention": lambda: [
                 {"second": str(i), "percentage": round(0.95 ** i, 4)} for i in range(1, retention_points + 1)
             ] if views and p.duration_seconds else [],
-            "impression_sources": [
+            "impression_sources": lambda: [
                 {"impression_source": src, "percentage": pct}
                 for src, pct in zip(IMPRESSION_SOURCES,
                                     _split([unit(pid, src) * (4 if src == "For You" else 1)
                                             for src in IMPRESSION_SOURCES]), strict=True)
             ] if views else [],
-            "audience_genders": _audience(pid, "audience_genders") if views else [],
-            "audience_countries": _audience(pid, "audience_countries") if views else [],
-            "audience_cities": _audience(pid, "audience_cities") if views else [],
-            "audience_types": [
+            "audience_genders": lambda: _audience(pid, "audience_genders") if views else [],
+            "audience_countries": lambda: _audience(pid, "audience_countries") if views else [],
+            "audience_cities": lambda: _audience(pid, "audience_cities") if views else [],
+            "audience_types": lambda: [
                 {"type": t, "percentage": round(v, 4)} for t, v in (
                     ("NEW_VIEWER", 0.6 + 0.3 * unit(pid, "new")), ("RETURN_VIEWER", 0.1 + 0.3 * unit(pid, "ret")),
                     ("FOLLOWER_PERCENT", 0.05 + 0.3 * unit(pid, "fol")),
                     ("NON_FOLLOWER_PERCENT", 0.65 + 0.3 * unit(pid, "non")),
                 )
             ] if views else [],
-            "engagement_likes": [
+            "engagement_likes": lambda: [
                 {"second": str(i), "percentage": round(0.02 * unit(pid, "el", i), 4)}
                 for i in range(1, retention_points + 1)
             ] if views and p.duration_seconds else [],
         }
-        return {f: values[f] for f in fields}
+        return {f: values[f]() for f in fields}  # only what was asked for (hot path)
 
     # -- OAuth ------------------------------------------------------------------------------------------
     def _client(self, req: Request) -> dict[str, Any]:
@@ -458,9 +506,9 @@ class TikTokEmulator(Emulator):
 
     def _token_info(self, req: Request, m: re.Match[str]) -> Response:
         try:
-            body = req.json() or {}
+            body = req.json_object()
         except ValueError as exc:
-            raise TikTokError(PARAM_ERROR, "Request body must be JSON.") from exc
+            raise TikTokError(PARAM_ERROR, "Request body must be a JSON object.") from exc
         if body.get("app_id") != self.sb.settings.tiktok_client_id:
             raise TikTokError(self.sb.settings.tiktok_invalid_client_code, "Invalid app_id.")
         status, grant = self.sb.tokens.check(body.get("access_token"), "tiktok", ("access",))
@@ -473,6 +521,9 @@ class TikTokEmulator(Emulator):
 
     def reset(self) -> None:
         self._seq = itertools.count(1)
+        with self._lock:
+            self._calls.clear()
+            self._likes_cache.clear()
 
 
 # -- helpers ------------------------------------------------------------------------------------------

@@ -40,6 +40,13 @@ def unit(*keys: Any) -> float:
     return int.from_bytes(h, "big") / 2**64
 
 
+#: Post.metric name -> rate attribute (None = views themselves; "watch"/"subscribers" = fixed rules)
+_RATE_ATTRS: dict[str, str | None] = {
+    "views": None, "likes": "like_rate", "comments": "comment_rate", "shares": "share_rate", "saves": "save_rate",
+    "reach": "reach_rate", "watch_seconds": "watch", "subscribers": "subscribers",
+}
+
+
 @dataclass(slots=True)
 class Post:
     post_id: str
@@ -70,12 +77,15 @@ class Post:
     def metric(self, name: str, at: datetime) -> int:
         """Cumulative lifetime value of a metric at an instant."""
         v = self.potential * self.fraction(at)
-        rate = {
-            "views": 1.0, "likes": self.like_rate, "comments": self.comment_rate, "shares": self.share_rate,
-            "saves": self.save_rate, "reach": self.reach_rate,
-            "watch_seconds": self.duration_seconds * 0.45,
-            "subscribers": 0.002,
-        }[name]
+        attr = _RATE_ATTRS[name]
+        if attr is None:
+            rate = 1.0
+        elif attr == "watch":
+            rate = self.duration_seconds * 0.45
+        elif attr == "subscribers":
+            rate = 0.002
+        else:
+            rate = getattr(self, attr)
         return int(v * rate)
 
     def between(self, name: str, start: datetime, end: datetime) -> int:
@@ -117,6 +127,7 @@ class World:
         self.anchor_dt = datetime.combine(self.anchor, time(0), UTC)
         self._accounts: list[Account] = []
         self._posts: dict[tuple[str, str], list[Post]] = {}
+        self._positions: dict[tuple[str, str], dict[str, int]] = {}
         self._lock = threading.Lock()
         self._build()
 
@@ -202,17 +213,26 @@ class World:
         return posts
 
     def posts(self, acc: Account, at: datetime) -> list[Post]:
-        """Posts published at or before ``at``, newest first."""
-        posts = self.all_posts(acc)
-        # newest first: skip the future ones (binary search on descending publish times)
-        lo, hi = 0, len(posts)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if posts[mid].published_at > at:
-                lo = mid + 1
-            else:
-                hi = mid
-        return posts[lo:]
+        """Posts published at or before ``at``, newest first (a copy: O(n); hot paths use ``first_visible``)."""
+        return self.all_posts(acc)[self.first_visible(acc, at):]
+
+    def first_visible(self, acc: Account, at: datetime) -> int:
+        """Index in ``all_posts(acc)`` of the newest post published at or before ``at`` (binary search)."""
+        return first_index(self.all_posts(acc), lambda p: p.published_at <= at)
+
+    def visible_count(self, acc: Account, at: datetime) -> int:
+        return len(self.all_posts(acc)) - self.first_visible(acc, at)
+
+    def positions(self, acc: Account) -> dict[str, int]:
+        """post id -> index in ``all_posts(acc)`` (built once per account, on first use)."""
+        key = (acc.platform, acc.account_id)
+        pos = self._positions.get(key)
+        if pos is None:
+            posts = self.all_posts(acc)
+            pos = {p.post_id: i for i, p in enumerate(posts)}
+            with self._lock:
+                self._positions[key] = pos
+        return pos
 
     def _generate(self, acc: Account) -> list[Post]:
         rng = random.Random(f"{self.settings.seed}-{acc.platform}-{acc.account_id}")
@@ -226,7 +246,7 @@ class World:
         for k in range(n_future):
             day = 1 + int(k / rate) if rate > 0 else 1
             times.append(self.anchor_dt + timedelta(days=day, hours=rng.uniform(1, 20)))
-        times.sort()
+        times = _unique_seconds(times)
         private = set(rng.sample(range(n), min(n, int(acc.extra.get("private_ids", 0))))) if n else set()
         posts = [self._make_post(acc, rng, i, t, i in private) for i, t in enumerate(times)]
         posts.reverse()
@@ -297,3 +317,32 @@ class World:
         if age_days < 0:
             return 0
         return int(final * (0.85 + 0.15 * age_days / settle_days))
+
+
+def first_index(items: list[Post], pred: Any) -> int:
+    """First index whose item satisfies ``pred``, for a ``pred`` that is False then True along the list."""
+    lo, hi = 0, len(items)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if pred(items[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _unique_seconds(times: list[datetime]) -> list[datetime]:
+    """Sorted whole-second instants, one post per second: a tie is pushed to the next free second.
+
+    Clients page TikTok by ``create_time`` seconds (cursor = ms epoch), so two posts in one second could
+    be lost between pages; real accounts almost never post twice in a second. Deterministic."""
+    out: list[datetime] = []
+    prev: datetime | None = None
+    one = timedelta(seconds=1)
+    for t in sorted(times):
+        t = t.replace(microsecond=0)
+        if prev is not None and t <= prev:
+            t = prev + one
+        out.append(t)
+        prev = t
+    return out

@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from sandbox.core import Emulator, FaultRule, Grant, Request, Response, json_response
+from sandbox.core import Emulator, FaultRule, Grant, Request, Response, json_response, repeat_cursor
 from sandbox.world import Account, Post, unit
 
 if TYPE_CHECKING:
@@ -61,6 +61,11 @@ def auth_error() -> Response:
     return google_error(401, AUTH_MESSAGE, "authError", location="Authorization", location_type="header",
                         headers={"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/", '
                                                      'error="invalid_token"'})
+
+
+def handle_of(acc: Account) -> str:
+    """The channel's @handle: "@" + its name lower-cased with only letters, digits, ".", "_", "-" kept."""
+    return "@" + re.sub(r"[^a-z0-9._-]", "", acc.name.lower())
 
 
 def rfc3339(dt: datetime) -> str:
@@ -185,12 +190,22 @@ class YouTubeDataEmulator(_GoogleEmulator):
             return self._quota_used.get(day or pacific_day(self.sb.clock.now()), 0)
 
     # -- plumbing --------------------------------------------------------------------------------------
-    def _begin(self, req: Request, cost: int = 1) -> tuple[list[Account], Response | None]:
-        """Auth, then quota: every authenticated request costs at least one unit, even invalid ones."""
+    def _begin(self, req: Request, cost: int = 1, public: bool = False) -> tuple[list[Account], Response | None]:
+        """Auth, then quota: every authenticated request costs at least one unit, even invalid ones.
+
+        ``public``: the call may also be made with only an API key (``key=``, no bearer): it reads
+        public data, owns no channel, and is charged to the same project quota."""
+        key = req.arg("key")
         grant = self._grant(req)
-        if grant is None:
+        if grant is None and not req.bearer() and key is not None and public:
+            if key != self.sb.settings.google_api_key:
+                return [], google_error(400, "API key not valid. Please pass a valid API key.", "badRequest",
+                                        headers=None)
+            chans: list[Account] = []
+        elif grant is None:
             return [], auth_error()
-        chans = self._channels_of(grant)
+        else:
+            chans = self._channels_of(grant)
         if chans:
             req.account = chans[0].account_id
         day = pacific_day(self.sb.clock.now())
@@ -239,7 +254,8 @@ class YouTubeDataEmulator(_GoogleEmulator):
 
     # -- channels.list ---------------------------------------------------------------------------------
     def _channels(self, req: Request, m: re.Match[str]) -> Response:
-        mine, err = self._begin(req)
+        keyed = not req.bearer() and req.arg("key") is not None and req.arg("mine") is None
+        mine, err = self._begin(req, public=keyed)
         if err:
             return err
         parts, err = self._parts(req, CHANNEL_PARTS)
@@ -261,8 +277,13 @@ class YouTubeDataEmulator(_GoogleEmulator):
             ids = [i for i in (req.arg("id") or "").split(",") if i]
             req.ids = len(ids)
             chans = [a for a in (self.sb.world.account("youtube", i) for i in ids) if a is not None]
-        else:
-            chans = []
+        else:  # forHandle ("@name" or "name", case-insensitive) / forUsername (the handle without "@")
+            wanted = (req.arg(filters[0]) or "").strip().lower()
+            if filters[0] == "forHandle" and not wanted.startswith("@"):
+                wanted = "@" + wanted
+            if filters[0] == "forUsername":
+                wanted = "@" + wanted.lstrip("@")
+            chans = [a for a in self.sb.world.accounts("youtube") if handle_of(a) == wanted]
         items = [self._channel_item(a, parts, now) for a in chans][:max_results or None]
         body = {"kind": "youtube#channelListResponse", "etag": etag("channels", [i["id"] for i in items], now.date()),
                 "pageInfo": {"totalResults": len(chans), "resultsPerPage": max_results}, "items": items}
@@ -290,7 +311,7 @@ class YouTubeDataEmulator(_GoogleEmulator):
         if "snippet" in parts:
             item["snippet"] = {
                 "title": acc.name, "description": f"Official channel of {acc.brand}.",
-                "customUrl": "@" + acc.slug.lower(), "publishedAt": rfc3339(acc.created_at),
+                "customUrl": handle_of(acc), "publishedAt": rfc3339(acc.created_at),
                 "thumbnails": _thumbs(f"https://yt3.ggpht.com/{acc.account_id}"),
                 "localized": {"title": acc.name, "description": f"Official channel of {acc.brand}."},
             }
@@ -309,7 +330,8 @@ class YouTubeDataEmulator(_GoogleEmulator):
 
     # -- playlistItems.list ----------------------------------------------------------------------------
     def _playlist_items(self, req: Request, m: re.Match[str]) -> Response:
-        mine, err = self._begin(req)
+        mine, err = self._begin(req, public=True)
+        keyed = not err and self._grant(req) is None
         if err:
             return err
         parts, err = self._parts(req, PLAYLIST_ITEM_PARTS)
@@ -328,14 +350,16 @@ class YouTubeDataEmulator(_GoogleEmulator):
             return google_error(404, "The playlist identified with the request's <code>playlistId</code> "
                                 "parameter cannot be found.", "playlistNotFound", "youtube.playlistItem",
                                 location="playlistId", with_status=False)
-        if acc.account_id not in {c.account_id for c in mine}:
+        if not keyed and acc.account_id not in {c.account_id for c in mine}:
             return google_error(403, "The request is not properly authorized to retrieve the specified playlist.",
                                 "playlistItemsNotAccessible", "youtube.playlistItem", location="id",
                                 with_status=False)
         req.account = acc.account_id
         now = self.sb.clock.now()
-        posts = self.sb.world.posts(acc, now)  # newest first; private ones stay listed as "Private video"
-        total = len(posts)
+        # newest first; private ones stay listed as "Private video"; no copy of the list (100k-video channels)
+        all_posts = self.sb.world.all_posts(acc)
+        first = self.sb.world.first_visible(acc, now)
+        total = len(all_posts) - first
         start = 0
         token = req.arg("pageToken")
         if token:
@@ -344,11 +368,13 @@ class YouTubeDataEmulator(_GoogleEmulator):
                 return google_error(400, "The request specifies an invalid page token.", "invalidPageToken",
                                     "youtube.parameter", location="pageToken", with_status=False)
             start = total - remaining  # token counts items older than the next one: stable across uploads
-        page = posts[start:start + max_results]
+        page = all_posts[first + start:first + start + max_results]
         body: dict[str, Any] = {"kind": "youtube#playlistItemListResponse",
                                 "etag": etag("pl", playlist_id, start, max_results, total)}
         end = start + len(page)
-        if end < total and max_results > 0:
+        if token and repeat_cursor(self.sb, self.name, "playlistItems.list", acc.account_id):
+            body["nextPageToken"] = token  # injected: the page repeats the request's token
+        elif end < total and max_results > 0:
             body["nextPageToken"] = _encode_token(total - end)
         if start > 0:
             body["prevPageToken"] = _encode_token(total - max(0, start - max_results))
@@ -392,7 +418,7 @@ class YouTubeDataEmulator(_GoogleEmulator):
 
     # -- videos.list -----------------------------------------------------------------------------------
     def _videos(self, req: Request, m: re.Match[str]) -> Response:
-        _mine, err = self._begin(req)
+        _mine, err = self._begin(req, public=True)
         if err:
             return err
         parts, err = self._parts(req, VIDEO_PARTS)
@@ -423,8 +449,12 @@ class YouTubeDataEmulator(_GoogleEmulator):
             if hit is None:
                 continue
             acc, p = hit
-            if p.private or p.published_at > now:
-                continue  # private / deleted / not yet uploaded: silently omitted
+            if p.published_at > now:
+                continue  # not yet uploaded: unknown id, omitted
+            if p.private and self.sb.settings.youtube_omit_private_ids:
+                continue  # private / deleted: silently omitted [U]
+            if req.account is None:
+                req.account = acc.account_id  # API-key calls own no channel: attribute to the videos' owner
             items.append(self._video_item(acc, p, parts, now))
         body = {"kind": "youtube#videoListResponse", "etag": etag("videos", ids, int(now.timestamp() // 60)),
                 "items": items, "pageInfo": {"totalResults": len(items), "resultsPerPage": len(items)}}
@@ -437,8 +467,10 @@ class YouTubeDataEmulator(_GoogleEmulator):
         for part in ("snippet", "contentDetails", "status"):
             if part in parts:
                 item[part] = static[part]
-        if "statistics" in parts:
+        if "statistics" in parts and not p.private:
             item["statistics"] = self._video_stats(p, now, minute)
+        if p.private and "status" in parts:
+            item["status"] = {**static["status"], "privacyStatus": "private"}
         return item
 
     def _video_stats(self, p: Post, now: datetime, minute: int) -> dict[str, str]:

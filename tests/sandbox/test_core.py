@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,7 +11,7 @@ import pytest
 import requests
 
 from sandbox import FaultRule, Sandbox
-from sandbox.core import TokenAuthority
+from sandbox.core import TokenAuthority, scheduler_headers
 
 
 @pytest.fixture
@@ -135,3 +137,94 @@ def test_clock_and_token_authority(sandbox: Sandbox) -> None:
         sandbox.clock.set(datetime(2030, 1, 1))
     with pytest.raises(ValueError):
         FaultRule("bogus")
+
+
+# -- robustness, admin validation, ledger bounds, scheduler headers ------------------------------------------
+
+
+def test_handler_exception_is_the_emulators_own_500_and_is_ledgered(sandbox: Sandbox,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handler bug (simulated by swapping a route's handler for one that raises) answers 500 JSON."""
+    def boom(req: Any, m: Any) -> Any:
+        raise RuntimeError("handler bug")
+
+    cases = [
+        ("youtube_data", "GET", "/youtube/v3/channels", lambda b: b["error"]["status"] == "INTERNAL"),
+        ("tiktok", "GET", "/open_api/v1.3/business/get/", lambda b: b["code"] == 50000 and "request_id" in b),
+        ("secret_manager", "GET", "/v1/projects/p/secrets", lambda b: b["error"]["status"] == "INTERNAL"),
+        ("google_oauth", "POST", "/token", lambda b: b["error"] == "internal_failure"),
+        ("meta", "GET", "/v26.0/oauth/access_token", lambda b: b["error"]["code"] == 2),
+    ]
+    for name, method, path, check in cases:
+        emu = next(e for e in sandbox.emulators if e.name == name)
+        found = emu.match(method, path)
+        assert found is not None, name
+        monkeypatch.setattr(found[0], "handler", boom)
+        r = requests.request(method, sandbox.url(name) + path, timeout=10)
+        assert r.status_code == 500 and check(r.json()), (name, r.text)
+        assert sandbox.ledger.entries(name)[-1].status == 500
+
+
+def test_admin_rejects_bad_bodies_with_400_naming_the_problem(sandbox: Sandbox) -> None:
+    admin = sandbox.env["SANDBOX_ADMIN_URL"] + "/__sandbox"
+    cases = [
+        ("clock", {"set": "2030-01-01T00:00:00"}, "timezone"),
+        ("clock", {"set": "yesterday"}, "set"),
+        ("clock", {"advance": {"dayz": 1}}, "dayz"),
+        ("clock", {"advance": {"days": "one"}}, "advance.days"),
+        ("clock", {"jump": 1}, "jump"),
+        ("clock", [1, 2], "JSON object"),
+        ("faults", {"kind": "status", "status": "500"}, "status"),
+        ("faults", {"kind": "status", "bogus": 1}, "bogus"),
+        ("faults", {"status": 500}, "kind"),
+        ("faults", {"kind": "status", "probability": 2}, "probability"),
+        ("faults", ["status"], "JSON object"),
+        ("tokens/expire", {}, "credential"),
+        ("tokens/revoke", [], "JSON object"),
+    ]
+    for path, body, needle in cases:
+        r = requests.post(f"{admin}/{path}", json=body, timeout=10)
+        assert r.status_code == 400 and needle in r.json()["error"], (path, body, r.text)
+    for path in ("clock", "faults", "tokens/expire"):
+        r = requests.post(f"{admin}/{path}", data=b"{nope", headers={"Content-Type": "application/json"},
+                          timeout=10)
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    assert requests.get(f"{admin}/ledger", params={"limit": "x"}, timeout=10).status_code == 400
+    ok = requests.post(f"{admin}/clock", json={"set": "2030-01-01T00:00:00+00:00", "advance": {"hours": 2}},
+                       timeout=10)
+    assert ok.status_code == 200 and ok.json()["now"].startswith("2030-01-01T02:00")
+
+
+def test_ledger_counters_stay_exact_when_entries_are_evicted(sandbox_factory: Any) -> None:
+    box = sandbox_factory(ledger_max_entries=5)
+    acc = box.world.accounts("youtube")[0]
+    token = box.google_oauth.initial_credential(acc.credential, [acc])["access_token"]
+    for _ in range(12):
+        requests.get(box.url("youtube_data") + "/youtube/v3/channels", params={"part": "id", "mine": "true"},
+                     headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    led = box.ledger
+    assert led.calls("youtube_data") == 12 and led.units("youtube_data", account=acc.account_id) == 12
+    assert len(led.entries()) == 5 and len(led.ids_per_call("youtube_data")) == 5
+    assert led.summary()["youtube_data"]["channels.list"] == {"calls": 12, "units": 12}
+    assert led.counters()[("youtube_data", "channels.list", acc.account_id)]["calls"] == 12
+    admin = box.env["SANDBOX_ADMIN_URL"] + "/__sandbox/ledger"
+    requests.get(admin, timeout=10)  # admin calls are in neither the summary nor the entries
+    body = requests.get(admin, params={"limit": 2}, timeout=10).json()
+    assert len(body["entries"]) == 2 and all(e["emulator"] != "admin" for e in body["entries"])
+    assert "admin" not in body["summary"] and body["summary"]["youtube_data"]["channels.list"]["calls"] == 12
+    assert body["max_entries"] == 5
+
+
+def test_scheduler_headers_match_cloud_scheduler() -> None:
+    at = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+    h = scheduler_headers("projects/p/locations/l/jobs/youtube-daily", at)
+    assert h["User-Agent"] == "Google-Cloud-Scheduler" and h["X-CloudScheduler"] == "true"
+    assert h["X-CloudScheduler-JobName"] == "projects/p/locations/l/jobs/youtube-daily"
+    assert h["X-CloudScheduler-ScheduleTime"] == "2026-11-27T09:00:00Z"
+    assert h["Content-Type"] == "application/octet-stream"
+    scheme, token = h["Authorization"].split(" ")
+    parts = token.split(".")
+    assert scheme == "Bearer" and len(parts) == 3
+    claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    assert claims["iss"] == "https://accounts.google.com" and claims["email"].endswith(".iam.gserviceaccount.com")
+    assert "T" in scheduler_headers("jobs/x")["X-CloudScheduler-ScheduleTime"]

@@ -88,3 +88,15 @@ def test_official_google_auth_client_refreshes_against_sandbox(sandbox: Sandbox)
     sandbox.tokens.revoke(cred["credential"])
     with pytest.raises(RefreshError, match="invalid_grant"):
         creds.refresh(google.auth.transport.requests.Request())
+
+
+def test_invalid_client_status_is_a_setting(sandbox: Sandbox, sandbox_factory: Any) -> None:
+    cred = _cred(sandbox)
+    r = _refresh(sandbox, cred["refresh_token"], client_secret="wrong")
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+    box = sandbox_factory(google_invalid_client_status=400)
+    r = _refresh(box, _cred(box)["refresh_token"], client_id="nope")
+    assert r.status_code == 400 and r.json()["error"] == "invalid_client"
+    r = requests.post(box.env["GOOGLE_TOKEN_URL"], data=b"[1]", headers={"Content-Type": "application/json"},
+                      timeout=10)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_request"

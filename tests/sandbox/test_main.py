@@ -75,3 +75,14 @@ def test_cli_bad_argument_is_one_line_error() -> None:
     r = subprocess.run([sys.executable, "-m", "sandbox", "--accounts", "myspace=3"], cwd=ROOT,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "--accounts" in r.stderr
+
+
+def test_history_days_flag() -> None:
+    from sandbox.__main__ import build_parser, settings_from_args
+
+    settings = settings_from_args(build_parser().parse_args(["--history-days", "90", "--posts-per-account", "0"]))
+    assert settings.world.history_days == 90 and settings.world.posts_per_account == 0
+    assert settings_from_args(build_parser().parse_args([])).world.history_days == 730
+    for bad in (["--history-days", "0"], ["--history-days", "x"], ["--posts-per-account", "-1"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(bad)

@@ -467,3 +467,123 @@ def test_same_seed_same_answers(sb: Sandbox) -> None:
         assert answers[0] == answers[1]
     finally:
         other.stop()
+
+
+# -- audit fixes: repeat_cursor, throttle codes, deprecated IG metrics, lifetime IG metrics, periods, settings --
+
+
+def test_repeat_cursor_fault_on_posts_and_media(sb: Sandbox, page_id: str, ig_id: str, page_token: str) -> None:
+    for node, endpoint in ((page_id, "posts"), (ig_id, "media")):
+        first = get(sb, f"{node}/{endpoint}", page_token, limit=5, fields="id").json()
+        after = first["paging"]["cursors"]["after"]
+        sb.faults.add(FaultRule(kind="repeat_cursor", emulator="meta",
+                                endpoint="page.posts" if endpoint == "posts" else "ig.media"))
+        page = get(sb, f"{node}/{endpoint}", page_token, limit=5, fields="id", after=after).json()
+        assert page["paging"]["cursors"]["after"] == after
+        assert f"after={after}" in page["paging"]["next"]
+        again = requests.get(page["paging"]["next"], timeout=10).json()  # the fault fired once
+        assert [d["id"] for d in again["data"]] == [d["id"] for d in page["data"]]  # the same page again
+        assert again["paging"]["cursors"]["after"] != after
+
+
+@pytest.mark.parametrize("code", [17, 32, 613])
+def test_injected_throttle_codes_with_usage_headers(sb: Sandbox, page_id: str, page_token: str, code: int) -> None:
+    sb.faults.add(FaultRule(kind="throttle", emulator="meta", endpoint="page.insights", code=code, delay=600))
+    r = get(sb, f"{page_id}/insights", page_token, metric="page_media_view", period="day")
+    err = error(r)
+    assert err["code"] == code and err["is_transient"] is True and err["message"].startswith(f"(#{code})")
+    app = json.loads(r.headers["X-App-Usage"])
+    assert set(app) == {"call_count", "total_time", "total_cputime"}
+    assert app["call_count"] == (100 if code == 17 else 10)
+    buc = json.loads(r.headers["X-Business-Use-Case-Usage"])[page_id][0]
+    assert buc["type"] == "pages" and buc["estimated_time_to_regain_access"] == 10
+    assert get(sb, f"{page_id}/insights", page_token, metric="page_media_view", period="day").status_code == 200
+
+
+def test_ig_deprecated_metrics_fail_whole_request_as_invalid_insights_metric(
+        sb: Sandbox, ig_id: str, page_token: str) -> None:
+    for metric in ("impressions", "reach,profile_views"):
+        err = error(get(sb, f"{ig_id}/insights", page_token, metric=metric, period="day"))
+        assert err["code"] == 100 and "must be a valid insights metric" in err["message"]
+    media = get(sb, f"{ig_id}/media", page_token, fields="id", limit=1).json()["data"][0]["id"]
+    for metric in ("plays", "reach,impressions", "video_views"):
+        err = error(get(sb, f"{media}/insights", page_token, metric=metric))
+        assert err["code"] == 100 and "must be a valid insights metric" in err["message"]
+    err = error(get(sb, f"{ig_id}/media", page_token, fields="id,insights.metric(reach,plays)"))
+    assert err["code"] == 100 and "must be a valid insights metric" in err["message"]
+    unknown = error(get(sb, f"{ig_id}/insights", page_token, metric="bogus", period="day"))
+    assert "must be one of the following values" in unknown["message"]
+
+
+def test_ig_online_followers_and_demographics(sb: Sandbox, ig_id: str, page_token: str) -> None:
+    today = sb.clock.now().astimezone(PACIFIC).date()
+    r = get(sb, f"{ig_id}/insights", page_token, metric="online_followers", period="lifetime",
+            since=ts(today - timedelta(days=3)), until=ts(today))
+    item = r.json()["data"][0]
+    assert item["name"] == "online_followers" and item["period"] == "lifetime" and len(item["values"]) == 3
+    assert sorted(item["values"][0]["value"], key=int) == [str(h) for h in range(24)]
+    assert GRAPH_TIME.match(item["values"][0]["end_time"])
+    assert error(get(sb, f"{ig_id}/insights", page_token, metric="online_followers", period="day"))["code"] == 100
+    for metric in ("follower_demographics", "engaged_audience_demographics"):
+        r = get(sb, f"{ig_id}/insights", page_token, metric=metric, period="lifetime", metric_type="total_value",
+                breakdown="country", timeframe="this_month")
+        item = r.json()["data"][0]
+        bd = item["total_value"]["breakdowns"][0]
+        assert item["period"] == "lifetime" and bd["dimension_keys"] == ["country"]
+        assert all(len(x["dimension_values"]) == 1 and x["value"] > 0 for x in bd["results"])
+    two = get(sb, f"{ig_id}/insights", page_token, metric="follower_demographics", period="lifetime",
+              metric_type="total_value", breakdown="age,gender", timeframe="this_week").json()["data"][0]
+    assert 0 < len(two["total_value"]["breakdowns"][0]["results"]) <= 45
+    bad = [dict(breakdown="country"), dict(breakdown="country", timeframe="last_90_days"),
+           dict(breakdown="hair", timeframe="this_week"), dict(timeframe="this_week")]
+    for extra in bad:
+        err = error(get(sb, f"{ig_id}/insights", page_token, metric="follower_demographics", period="lifetime",
+                        metric_type="total_value", **extra))
+        assert err["code"] == 100
+    err = error(get(sb, f"{ig_id}/insights", page_token, metric="follower_demographics", period="lifetime",
+                    breakdown="age", timeframe="this_week"))
+    assert "metric_type=total_value" in err["message"]
+
+
+def test_page_insights_week_days28_and_unsupported_periods(sb: Sandbox, page_id: str, page_token: str) -> None:
+    today = sb.clock.now().astimezone(PACIFIC).date()
+    params = dict(metric="page_media_view,page_follows", since=ts(today - timedelta(days=3)), until=ts(today))
+    data = get(sb, f"{page_id}/insights", page_token, period="week", **params).json()["data"]
+    assert [(d["name"], d["period"]) for d in data] == [("page_media_view", "week")]  # page_follows: day only
+    acc = sb.world.account("facebook", page_id)
+    assert acc is not None
+    d28 = get(sb, f"{page_id}/insights", page_token, period="days_28", **params).json()["data"][0]
+    day = get(sb, f"{page_id}/insights", page_token, period="day", metric="page_media_view",
+              since=ts(today - timedelta(days=40)), until=ts(today)).json()["data"][0]["values"]
+    assert d28["values"][-1]["value"] == sum(v["value"] for v in day[-28:])
+    for period in ("month", "lifetime"):
+        assert get(sb, f"{page_id}/insights", page_token, period=period, **params).json()["data"] == []
+    sb.settings.meta_page_unsupported_period = "error"
+    try:
+        err = error(get(sb, f"{page_id}/insights", page_token, period="month", **params))
+        assert err["code"] == 100 and "valid insights metric" in err["message"]
+    finally:
+        sb.settings.meta_page_unsupported_period = "omit"
+
+
+def test_meta_unverified_facts_are_settings(sandbox_factory: Any) -> None:
+    box = sandbox_factory(meta_omit_zero_shares=False, meta_ig_watch_time_unit="s", meta_throttle_at_percent=50,
+                          meta_buc_calls_per_day=10)
+    c = box.credentials()["meta-aurora"]
+    page = sorted(c["metadata"]["page_tokens"])[0]
+    token = c["metadata"]["page_tokens"][page]
+    acc = box.world.account("facebook", page)
+    assert acc is not None
+    upcoming = [p for p in box.world.all_posts(acc) if p.published_at > box.clock.now()][-1]
+    box.clock.set(upcoming.published_at + timedelta(minutes=1))
+    post = get(box, upcoming.post_id, token, fields="id,shares").json()
+    assert post["shares"] == {"count": 0}
+    ig = next(ig for ig, pg in c["metadata"]["ig_page"].items() if pg == page)
+    ig_acc = box.world.account("instagram", ig)
+    assert ig_acc is not None
+    reel = next(p for p in box.world.posts(ig_acc, box.clock.now()) if p.media_type == "REELS")
+    v = get(box, f"{reel.post_id}/insights", token, metric="ig_reels_avg_watch_time").json()["data"][0]
+    assert v["values"][0]["value"] == int(reel.duration_seconds * 0.45)  # seconds, not ms
+    codes = [get(box, page, token).status_code for _ in range(6)]
+    # the post read above was the page's first BUC call: its 5th call reaches 50 % of 10 -> throttled at 50 %
+    assert codes[:3] == [200] * 3 and codes[3] == 400

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import google_crc32c
 import pytest
@@ -11,7 +12,7 @@ from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import secretmanager
 
-from sandbox import Sandbox
+from sandbox import FaultRule, Sandbox
 
 
 @pytest.fixture
@@ -91,3 +92,46 @@ def test_raw_rest_enum_strings_regional_and_errors(sandbox: Sandbox) -> None:
     assert r.status_code == 403 and r.json()["error"]["status"] == "PERMISSION_DENIED"
     r = requests.post(f"{base}/secrets", params={"secretId": "bad id!"}, json={}, timeout=10)
     assert r.status_code == 400 and r.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
+def test_etag_mismatch_through_official_client_and_setting(sandbox: Sandbox, sandbox_factory: Any,
+                                                           client: secretmanager.SecretManagerServiceClient) -> None:
+    sandbox.secret_manager.put("etagged", b"v1")
+    name = f"projects/{sandbox.settings.project_id}/secrets/etagged/versions/1"
+    current = client.get_secret_version(name=name).etag
+    with pytest.raises(gexc.Conflict, match="etag"):  # 409 ABORTED by default
+        client.disable_secret_version(request={"name": name, "etag": '"stale"'})
+    assert client.disable_secret_version(request={"name": name, "etag": current}).state.name == "DISABLED"
+    with pytest.raises(gexc.Conflict):
+        client.delete_secret(request={"name": f"projects/{sandbox.settings.project_id}/secrets/etagged",
+                                      "etag": '"stale"'})
+    box = sandbox_factory(secret_manager_etag_mismatch_status=400,
+                          secret_manager_etag_mismatch_code="FAILED_PRECONDITION")
+    box.secret_manager.put("etagged", b"v1")
+    url = box.env["SECRET_MANAGER_ENDPOINT"] + "/v1/projects/sde-sandbox/secrets/etagged/versions/1:disable"
+    r = requests.post(url, json={"etag": '"stale"'}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["status"] == "FAILED_PRECONDITION"
+
+
+def test_repeat_cursor_fault_on_list_pages(sandbox: Sandbox) -> None:
+    base = sandbox.env["SECRET_MANAGER_ENDPOINT"] + "/v1/projects/sde-sandbox"
+    for k in range(5):
+        sandbox.secret_manager.put(f"list-{k}", b"x")
+        sandbox.secret_manager.put("many", str(k).encode())
+    for path, endpoint, key in ((f"{base}/secrets", "secrets.list", "secrets"),
+                                (f"{base}/secrets/many/versions", "versions.list", "versions")):
+        first = requests.get(path, params={"pageSize": 2}, timeout=10).json()
+        sandbox.faults.add(FaultRule("repeat_cursor", emulator="secret_manager", endpoint=endpoint))
+        page = requests.get(path, params={"pageSize": 2, "pageToken": first["nextPageToken"]}, timeout=10).json()
+        assert page["nextPageToken"] == first["nextPageToken"]
+        again = requests.get(path, params={"pageSize": 2, "pageToken": page["nextPageToken"]}, timeout=10).json()
+        assert again[key] == page[key] and again["nextPageToken"] != first["nextPageToken"]
+
+
+def test_non_object_json_bodies_are_400(sandbox: Sandbox) -> None:
+    base = sandbox.env["SECRET_MANAGER_ENDPOINT"] + "/v1/projects/sde-sandbox"
+    sandbox.secret_manager.put("body", b"x")
+    for url in (f"{base}/secrets/body:addVersion", f"{base}/secrets/body/versions/1:disable",
+                f"{base}/secrets?secretId=fresh"):
+        r = requests.post(url, data=b"[1]", headers={"Content-Type": "application/json"}, timeout=10)
+        assert r.status_code == 400 and r.json()["error"]["status"] == "INVALID_ARGUMENT", r.text

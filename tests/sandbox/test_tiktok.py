@@ -366,3 +366,73 @@ def test_same_seed_same_answers(sb: Sandbox, acc: Account, cred: dict[str, Any])
         assert answers[0] == answers[1]
     finally:
         other.stop()
+
+
+# -- audit fixes -------------------------------------------------------------------------------------------------
+
+
+def test_token_info_with_non_object_body_is_a_param_error(sb: Sandbox) -> None:
+    for body in (b"[1, 2]", b'"text"', b"{not json"):
+        r = requests.post(sb.url("tiktok") + BASE + "/tt_user/token_info/get/", data=body,
+                          headers={"Content-Type": "application/json"}, timeout=10)
+        assert r.status_code == 200 and r.json()["code"] == 40002, r.text
+
+
+def test_walk_5000_posts_every_page_no_post_lost(sandbox_factory: Any) -> None:
+    """Dense posting (5,000 posts in 20 days): whole-second publish instants are unique per account, so
+    paging by the ms cursor loses nothing."""
+    box = sandbox_factory(SandboxSettings(world=WorldSettings(posts_per_account=5000, history_days=20,
+                                                              accounts_per_platform={"tiktok": 1})))
+    acc = box.world.accounts("tiktok")[0]
+    token = box.credentials()[acc.credential]["access_token"]
+    visible = box.world.posts(acc, box.clock.now())
+    assert len({int(p.published_at.timestamp()) for p in visible}) == len(visible)
+    seen: list[str] = []
+    cursor: int | None = None
+    for _ in range(1000):
+        args: dict[str, Any] = {"business_id": acc.account_id, "max_count": 20}
+        if cursor is not None:
+            args["cursor"] = cursor
+        data = call(box, "/business/video/list/", token, **args).json()["data"]
+        seen += [v["item_id"] for v in data["videos"]]
+        if not data["has_more"]:
+            break
+        cursor = data["cursor"]
+    assert len(seen) == len(visible) == len(set(seen))
+    assert seen == [p.post_id for p in visible]
+
+
+def test_rate_limit_per_account_per_minute(sandbox_factory: Any) -> None:
+    box = sandbox_factory(tiktok_rate_limit_per_minute=40)
+    box.clock.freeze(box.clock.now().replace(second=0, microsecond=0))
+    acc = box.world.accounts("tiktok")[0]
+    token = box.credentials()[acc.credential]["access_token"]
+    codes = [call(box, "/business/get/", token, business_id=acc.account_id).json()["code"] for _ in range(41)]
+    assert codes[:40] == [0] * 40 and codes[40] == 40100
+    other = call(box, "/business/video/list/", token, business_id=acc.account_id).json()
+    assert other["code"] == 0  # per endpoint
+    box.clock.advance(minutes=1)
+    assert call(box, "/business/get/", token, business_id=acc.account_id).json()["code"] == 0
+
+
+def test_create_time_as_string_setting(sandbox_factory: Any) -> None:
+    box = sandbox_factory(tiktok_create_time_as_string=True)
+    acc = box.world.accounts("tiktok")[0]
+    token = box.credentials()[acc.credential]["access_token"]
+    v = call(box, "/business/video/list/", token, business_id=acc.account_id,
+             fields=["item_id", "create_time"]).json()["data"]["videos"][0]
+    post = box.world.posts(acc, box.clock.now())[0]
+    assert v["create_time"] == str(int(post.published_at.timestamp()))
+
+
+def test_video_ids_filter_uses_positions(sb: Sandbox, acc: Account, cred: dict[str, Any]) -> None:
+    posts = sb.world.posts(acc, sb.clock.now())
+    wanted = [posts[30].post_id, posts[2].post_id, "nope"]
+    sb.settings.tiktok_short_page_probability = 0.0  # no trust-and-safety short page in this check
+    try:
+        data = call(sb, "/business/video/list/", cred["access_token"], business_id=acc.account_id,
+                    filters={"video_ids": wanted}).json()["data"]
+    finally:
+        sb.settings.tiktok_short_page_probability = SandboxSettings().tiktok_short_page_probability
+    assert [v["item_id"] for v in data["videos"]] == [posts[2].post_id, posts[30].post_id]
+    assert data["has_more"] is False

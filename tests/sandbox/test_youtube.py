@@ -415,3 +415,66 @@ def test_errors_on_http_error_via_official_client(official: dict[str, Any]) -> N
         official["data"].videos().list(part="id", id=",".join(["x" * 11] * 51)).execute()
     assert exc.value.resp.status == 400
     assert exc.value.reason  # the client parsed the Google error envelope
+
+
+# -- audit fixes -------------------------------------------------------------------------------------------------
+
+
+def test_repeat_cursor_fault_on_playlist_items(sandbox: Sandbox) -> None:
+    acc = channel(sandbox)
+    token = token_for(sandbox, acc)
+    params: dict[str, Any] = {"part": "id", "playlistId": acc.extra["uploads_playlist"], "maxResults": 10}
+    first = yt_get(sandbox, "playlistItems", token, **params).json()
+    sandbox.faults.add(FaultRule("repeat_cursor", emulator="youtube_data", endpoint="playlistItems.list"))
+    page = yt_get(sandbox, "playlistItems", token, pageToken=first["nextPageToken"], **params).json()
+    assert page["nextPageToken"] == first["nextPageToken"]
+    again = yt_get(sandbox, "playlistItems", token, pageToken=page["nextPageToken"], **params).json()
+    assert [i["id"] for i in again["items"]] == [i["id"] for i in page["items"]]
+    assert again["nextPageToken"] != first["nextPageToken"]
+
+
+def test_api_key_public_reads_are_accepted_and_charged(sandbox: Sandbox) -> None:
+    acc = channel(sandbox)
+    key = sandbox.settings.google_api_key
+    url = sandbox.url("youtube_data") + "/youtube/v3/"
+
+    def keyed(path: str, **params: Any) -> requests.Response:
+        return requests.get(url + path, params={"key": key, **params}, timeout=30)
+
+    ch = keyed("channels", part="statistics,contentDetails", id=acc.account_id)
+    assert ch.status_code == 200 and ch.json()["items"][0]["id"] == acc.account_id
+    pl = keyed("playlistItems", part="contentDetails", playlistId=acc.extra["uploads_playlist"], maxResults=5)
+    ids = [i["contentDetails"]["videoId"] for i in pl.json()["items"]]
+    assert pl.status_code == 200 and len(ids) == 5
+    vids = keyed("videos", part="statistics", id=",".join(ids))
+    assert vids.status_code == 200 and len(vids.json()["items"]) == 5
+    assert sandbox.ledger.units("youtube_data") == 3 == sandbox.youtube_data.quota_used()
+    assert keyed("channels", part="id", mine="true").status_code == 401  # mine needs OAuth
+    bad = requests.get(url + "videos", params={"key": "wrong", "part": "id", "id": ids[0]}, timeout=30)
+    assert bad.status_code == 400 and "API key not valid" in bad.json()["error"]["message"]
+    assert requests.get(url + "videos", params={"part": "id", "id": ids[0]}, timeout=30).status_code == 401
+
+
+def test_channels_for_handle_and_for_username(sandbox: Sandbox) -> None:
+    acc = channel(sandbox, 0)
+    token = token_for(sandbox, acc)
+    handle = yt_get(sandbox, "channels", token, part="snippet", id=acc.account_id).json()["items"][0][
+        "snippet"]["customUrl"]
+    assert handle.startswith("@") and handle == "@" + acc.name.lower().replace(" ", "")
+    handles = {yt_get(sandbox, "channels", token, part="snippet", id=a.account_id).json()["items"][0]["snippet"][
+        "customUrl"] for a in sandbox.world.accounts("youtube")[:6]}  # the generated brand channels
+    assert len(handles) == 6  # unique across brands and "-2" suffixes
+    for params in ({"forHandle": handle}, {"forHandle": handle[1:].upper()}, {"forUsername": handle[1:]}):
+        items = yt_get(sandbox, "channels", token, part="id", **params).json()["items"]
+        assert [i["id"] for i in items] == [acc.account_id]
+    assert yt_get(sandbox, "channels", token, part="id", forHandle="@nobody").json()["items"] == []
+
+
+def test_private_ids_setting(sandbox_factory: Any) -> None:
+    box = sandbox_factory(youtube_omit_private_ids=False)
+    acc = box.world.add_account("youtube", 30, credential="youtube-test-private-setting", private_ids=3)
+    token = token_for(box, acc)
+    private = [p.post_id for p in box.world.posts(acc, box.clock.now()) if p.private]
+    items = yt_get(box, "videos", token, part="status,statistics", id=",".join(private)).json()["items"]
+    assert [i["id"] for i in items] == private
+    assert all(i["status"]["privacyStatus"] == "private" and "statistics" not in i for i in items)
