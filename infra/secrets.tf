@@ -24,3 +24,16 @@ resource "google_secret_manager_secret_iam_member" "runtime_access" {
   role      = "roles/secretmanager.secretAccessor"
   member    = "serviceAccount:${google_service_account.runtime.email}"
 }
+
+# Listing credentials: `refresh_tokens` refreshes every credential the account registry references (read
+# per secret with the grants above) and, as a supplement, every secret labelled sde-credential=true
+# (`secrets.list` with filter labels.sde-credential=true), so a credential imported before its accounts
+# are registered is still kept alive. `secretmanager.secrets.list` exists only at project level;
+# roles/secretmanager.viewer grants it plus secrets.get / versions.get / versions.list: metadata only,
+# never `versions.access` (no payload of any other secret in the project). Without this binding the
+# refresher logs a warning and refreshes the referenced credentials only.
+resource "google_project_iam_member" "runtime_list_secrets" {
+  project = var.project_id
+  role    = "roles/secretmanager.viewer"
+  member  = "serviceAccount:${google_service_account.runtime.email}"
+}

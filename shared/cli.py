@@ -1,6 +1,8 @@
 """Operator CLI: ``python -m shared.cli tokens list`` and ``tokens import NAME --file F|-``.
 
-Never prints a token. Every error is one line on stderr with exit code 2 (no traceback).
+Never prints a token. Every error is one line on stderr with exit code 2 (no traceback). ``tokens list``
+only reads (it never replays a token journal or writes anything); ``tokens import`` stores a new version
+under the credential's refresh lock and deletes any pending journal of that credential.
 """
 
 from __future__ import annotations
@@ -71,8 +73,26 @@ def _state(config: Config) -> tuple[dict[str, str], dict[str, list[str]]]:
             conn.close()
 
 
+def _names(vault: Any, registry: dict[str, list[str]]) -> list[str]:
+    """Credentials in the vault plus those the registry references (listing may be denied by IAM)."""
+    from shared.vault import VaultListDenied
+
+    try:
+        listed = set(vault.names())
+    except VaultListDenied as exc:
+        print(f"warning: {exc}; showing the credentials the registry references", file=sys.stderr)
+        listed = set()
+    return sorted(listed | set(registry))
+
+
 def _list(config: Config, as_json: bool) -> int:
-    from shared.tokens import TokenManager, needs_refresh, reauthorization_deadline, refresh_token_warnings
+    from shared.tokens import (
+        TokenManager,
+        access_expiry,
+        needs_refresh,
+        reauthorization_deadline,
+        refresh_token_warnings,
+    )
     from shared.vault import make_vault
 
     vault = make_vault(config)
@@ -80,22 +100,23 @@ def _list(config: Config, as_json: bool) -> int:
     outcomes, registry = _state(config)
     now = config.now()
     rows: list[dict[str, Any]] = []
-    for name in vault.names():
+    for name in _names(vault, registry):
         row: dict[str, Any] = {"credential": name, "provider": "?", "accounts": registry.get(name, []),
                                "access_expires_at": None, "refresh_expires_at": None, "warnings": []}
         try:
-            ts = manager.get(name)
+            ts = manager.read(name)  # side-effect free: a pending journal is replayed only by a refresh
         except SDEError as exc:
             row.update(status="needs attention", note=f"unreadable: {exc.error_class}")
             rows.append(row)
             continue
         deadline = reauthorization_deadline(ts)
+        expiry = access_expiry(ts)
         row.update(provider=ts.provider, accounts=registry.get(name) or list(ts.account_ids),
-                   access_expires_at=ts.access_token_expires_at, refresh_expires_at=deadline,
+                   access_expires_at=expiry, refresh_expires_at=deadline,
                    warnings=refresh_token_warnings(ts, config, now))
         if outcomes.get(name) == "needs_reauthorization" or (deadline is not None and deadline <= now):
             status = "needs attention"
-        elif ts.access_token_expires_at is not None and ts.access_token_expires_at <= now:
+        elif expiry is not None and expiry <= now:
             status = "expired"
         elif needs_refresh(ts, config, now) or row["warnings"]:
             status = "expiring"
@@ -123,7 +144,7 @@ def _list(config: Config, as_json: bool) -> int:
 
 
 def _import(config: Config, name: str, source: str) -> int:
-    from shared.tokens import TokenSet, _register_payload
+    from shared.tokens import TokenManager, _register_payload, prepare_import
     from shared.vault import make_vault
 
     if not _NAME.fullmatch(name):
@@ -141,8 +162,11 @@ def _import(config: Config, name: str, source: str) -> int:
     if isinstance(data, dict):
         _register_payload(data)
         data.setdefault("credential", name)
-    ts = TokenSet.from_json(data, credential=name).register()
-    version = make_vault(config).write(name, ts.to_json())
+    ts, warnings = prepare_import(data, name, config.now())
+    ts.register()
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    version = TokenManager(config, make_vault(config)).import_credential(ts)
     _reset_state(config, name)
     print(f"imported {name} ({ts.provider}, {len(ts.account_ids)} account(s)) as version {version}; "
           f"access expires {_fmt(ts.access_token_expires_at)}")

@@ -26,11 +26,13 @@ from shared.errors import SDEError, VaultError
 from shared.logs import redact
 
 __all__ = [
+    "CREDENTIAL_FILTER",
     "CREDENTIAL_LABEL",
     "CredentialNotFound",
     "LocalVault",
     "SecretManagerVault",
     "Vault",
+    "VaultListDenied",
     "VersionInfo",
     "make_vault",
 ]
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: Secret Manager label that marks a secret as an SDE credential (``names()`` lists only those).
 CREDENTIAL_LABEL = ("sde-credential", "true")
+#: server-side filter of ``secrets.list`` (List-operation filtering on labels): only credentials come back
+CREDENTIAL_FILTER = f"labels.{CREDENTIAL_LABEL[0]}={CREDENTIAL_LABEL[1]}"
 _STATES = ("ENABLED", "DISABLED", "DESTROYED")
 
 
@@ -46,6 +50,16 @@ class CredentialNotFound(VaultError):
     """The vault has no (enabled) version of this credential: a human must import it."""
 
     error_class = "vault_missing"
+    retriable = False
+
+
+class VaultListDenied(VaultError):
+    """Listing the project's secrets is not allowed (no project-level ``secretmanager.secrets.list``).
+
+    Callers that list only to supplement a known set of credentials log it and carry on.
+    """
+
+    error_class = "vault_list_denied"
     retriable = False
 
 
@@ -365,9 +379,20 @@ class SecretManagerVault:
         return sorted(out, key=lambda v: v.version, reverse=True)
 
     def names(self) -> list[str]:
-        """Secrets labelled ``sde-credential=true`` (the project may hold other secrets: DB passwords...)."""
+        """Secrets labelled ``sde-credential=true`` (the project may hold other secrets: DB passwords...).
+
+        The label filter is applied by the server (``filter=labels.sde-credential=true``) and checked again
+        here (an emulator may ignore the filter). Needs project-level ``secretmanager.secrets.list``
+        (``roles/secretmanager.viewer``: metadata only); without it ``VaultListDenied`` is raised.
+        """
+        from google.api_core import exceptions as gexc
+
         try:
-            secrets = list(self._client.list_secrets(parent=f"projects/{self.project}"))
+            secrets = list(self._client.list_secrets(
+                request={"parent": f"projects/{self.project}", "filter": CREDENTIAL_FILTER}))
+        except gexc.Forbidden as exc:  # PermissionDenied is a Forbidden (403)
+            raise VaultListDenied(f"secret manager names: listing secrets is denied ({type(exc).__name__}); "
+                                  "grant roles/secretmanager.viewer on the project") from exc
         except Exception as exc:
             raise self._error("names", None, exc) from exc
         key, value = CREDENTIAL_LABEL
@@ -383,11 +408,21 @@ class SecretManagerVault:
                 if v.state == "ENABLED":
                     self._client.disable_secret_version(name=path)
                 self._client.destroy_secret_version(name=path)
-            except gexc.FailedPrecondition:  # destroyed concurrently by another writer
-                continue
+            except gexc.BadRequest as exc:
+                # FailedPrecondition (gRPC) is a BadRequest; over REST a 400 FAILED_PRECONDITION arrives as
+                # plain BadRequest (api-contracts §4.1). Destroyed concurrently by another writer: fine.
+                if self._state_of(name, v.version) == "DESTROYED":
+                    continue
+                raise self._error("prune", name, exc) from exc
             except Exception as exc:
                 raise self._error("prune", name, exc) from exc
         return len(retire)
+
+    def _state_of(self, name: str, version: int) -> str | None:
+        try:
+            return next((v.state for v in self.versions(name) if v.version == version), None)
+        except VaultError:
+            return None
 
 
 def make_vault(config: Config, connect: Callable[[], Any] | None = None) -> Vault:

@@ -19,11 +19,12 @@ from typing import Any
 from functions.token_refresh import settings
 from shared import db
 from shared.config import Config
-from shared.errors import InputError, SDEError
+from shared.errors import InputError, SDEError, VaultError
 from shared.logs import log_context
+from shared.registry import Account, load_registry
 from shared.runner import mirror_registry, read_body, read_names, record_row, serve_http
 from shared.tokens import RefreshOutcome, TokenManager
-from shared.vault import make_vault
+from shared.vault import CredentialNotFound, VaultListDenied, make_vault
 
 __all__ = ["RefreshRequest", "handle", "parse_body", "select_credentials"]
 
@@ -44,27 +45,80 @@ def parse_body(raw: bytes) -> RefreshRequest:
                           dry_run=bool(body.get("dry_run", False)))
 
 
-def select_credentials(conn: Any, config: Config, vault: Any, wanted: list[str] | None) -> dict[str, str | None]:
+def _platform_order(platform: str, account_id: str) -> tuple[bool, str, str]:
+    """A Meta credential's ledger platform is facebook rather than instagram (when it serves both)."""
+    return (platform == "instagram", platform, account_id)
+
+
+def referenced_credentials(conn: Any, config: Config) -> tuple[dict[str, str], list[Account] | None]:
+    """credential -> platform of the first active account referencing it, and the registry file's accounts.
+
+    Read-only: from the registry file when there is one (what the mirror will write), else from
+    ``social.accounts``.
+    """
+    registry: list[Account] | None = None
+    if config.accounts_file.exists():
+        registry = load_registry(config.accounts_file, default_timezone=config.default_timezone)
+        rows = [(a.secret, a.platform, a.account_id) for a in registry if a.active and a.secret]
+    else:
+        rows = [tuple(r) for r in conn.run(
+            "SELECT secret, platform, account_id FROM social.accounts WHERE active AND coalesce(secret, '') <> ''")]
+    referenced: dict[str, str] = {}
+    for secret, platform, _ in sorted(rows, key=lambda r: _platform_order(r[1], r[2])):
+        referenced.setdefault(secret, platform)
+    return referenced, registry
+
+
+def _listed(vault: Any, warnings: list[str]) -> set[str] | None:
+    """Labelled credentials in the vault (a supplement); None when listing is denied or fails."""
+    try:
+        return set(vault.names())
+    except VaultListDenied as exc:
+        message = f"listing the vault is denied; refreshing only the credentials the registry references ({exc})"
+    except VaultError as exc:
+        message = f"listing the vault failed; refreshing only the credentials the registry references ({exc})"
+    logger.warning(message)
+    warnings.append(message)
+    return None
+
+
+def _exists(vault: Any, name: str) -> bool:
+    try:
+        vault.read(name)
+    except CredentialNotFound:
+        return False
+    except VaultError:
+        return True  # it may exist: ensure_fresh reports the real error
+    return True
+
+
+def select_credentials(conn: Any, config: Config, vault: Any, wanted: list[str] | None, *,
+                       dry_run: bool = False, warnings: list[str] | None = None) -> dict[str, str | None]:
     """credential name -> account platform (None when no active account references it).
 
-    Default: every credential in the vault plus every credential an active account references (a
-    referenced one missing from the vault is reported, not skipped).
+    Primary source: every credential an active account of the registry references (a referenced one
+    missing from the vault is reported, not skipped). Supplement: the vault's labelled credentials; the
+    listing needs project-level ``secretmanager.secrets.list``, and when it is denied the run carries on
+    with the referenced ones (and says so in ``warnings``). Unknown ``wanted`` names raise ``InputError``
+    before anything is written; the registry is mirrored into ``social.accounts`` only when not a dry run.
     """
-    mirror_registry(conn, config)
-    rows = conn.run(
-        "SELECT secret, platform FROM social.accounts WHERE active AND coalesce(secret, '') <> ''"
-        " ORDER BY (platform = 'instagram'), platform, account_id"
-    )
-    referenced: dict[str, str] = {}
-    for secret, platform in rows:
-        referenced.setdefault(secret, platform)
-    in_vault = set(vault.names())
+    warnings = warnings if warnings is not None else []
+    referenced, registry = referenced_credentials(conn, config)
     if wanted is not None:
-        unknown = [n for n in wanted if n not in in_vault and n not in referenced]
+        unknown = [n for n in wanted if n not in referenced]
+        if unknown:
+            listed = _listed(vault, warnings)
+            unknown = [n for n in unknown if n not in listed] if listed is not None else [
+                n for n in unknown if not _exists(vault, n)]
         if unknown:
             raise InputError("credentials", f"unknown credential(s): {', '.join(unknown)}")
-        return {n: referenced.get(n) for n in wanted}
-    return {n: referenced.get(n) for n in sorted(in_vault | set(referenced))}
+        selected = {n: referenced.get(n) for n in wanted}
+    else:
+        listed = _listed(vault, warnings) or set()
+        selected = {n: referenced.get(n) for n in sorted(listed | set(referenced))}
+    if not dry_run:
+        mirror_registry(conn, config, registry)
+    return selected
 
 
 def _platform(outcome: RefreshOutcome, referenced: str | None) -> str:
@@ -82,9 +136,11 @@ def handle(request: Any, config: Config | None = None) -> tuple[dict[str, Any], 
         conn = db.connect(cfg)
         try:
             vault = make_vault(cfg)
-            targets = select_credentials(conn, cfg, vault, req.credentials)
+            warnings: list[str] = []
+            targets = select_credentials(conn, cfg, vault, req.credentials, dry_run=req.dry_run,
+                                         warnings=warnings)
             return _run(conn, cfg, vault, req, targets, run_id, trigger,
-                        request.headers.get("X-CloudScheduler-ScheduleTime"))
+                        request.headers.get("X-CloudScheduler-ScheduleTime"), warnings)
         finally:
             try:
                 conn.close()
@@ -95,7 +151,7 @@ def handle(request: Any, config: Config | None = None) -> tuple[dict[str, Any], 
 
 
 def _run(conn: Any, config: Config, vault: Any, req: RefreshRequest, targets: Mapping[str, str | None],
-         run_id: str, trigger: str, schedule_time: str | None) -> tuple[dict[str, Any], int]:
+         run_id: str, trigger: str, schedule_time: str | None, warnings: list[str]) -> tuple[dict[str, Any], int]:
     manager = TokenManager(config, vault)
     now = config.now()
     logger.info("token refresh started: %d credential(s)", len(targets),
@@ -142,6 +198,7 @@ def _run(conn: Any, config: Config, vault: Any, req: RefreshRequest, targets: Ma
         "status": "ok" if not n_failed else ("failed" if n_failed == len(results) else "partial"),
         "dry_run": req.dry_run, "force": req.force, "now": now.isoformat(),
         "credentials": results, "totals": {"credentials": len(results), **dict(sorted(counts.items()))},
+        "warnings": warnings,
     }
     logger.info("token refresh finished: %s", body["status"], extra={"fields": {"totals": body["totals"]}})
     return body, 500 if failed_retriably else 200

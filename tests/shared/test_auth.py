@@ -1,7 +1,8 @@
 """Self-healing auth against all three platforms' sandbox endpoints: refresh once on a rejected token.
 
-Tiny classify callbacks stand in for the TikTok and Meta platform clients (they map each platform's own
-token signal, by status + error code, to ``TokenRejectedError``); YouTube uses the real client's classify.
+Token rejection is detected by the production helper ``shared.auth.raise_if_token_rejected`` (the tables
+every platform client uses). The classify callbacks below only add "return the data / anything else is
+fatal" around it, because the TikTok and Meta clients do not exist yet.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from functions.youtube.client import classify as youtube_classify
-from shared.auth import call_with_token
+from shared.auth import call_with_token, raise_if_token_rejected, token_rejection
 from shared.errors import AuthError, FatalApiError, TokenRejectedError
 from shared.http import ApiSession
 from shared.tokens import TokenManager, TokenSet
@@ -23,8 +23,7 @@ from tests.shared.test_tokens import TIKTOK_REFRESH, first_credential
 
 def tiktok_classify(response: requests.Response) -> Any:
     body = response.json()
-    if body.get("code") in (40102, 40105):
-        raise TokenRejectedError("token rejected", platform="tiktok", status=response.status_code, code=body["code"])
+    raise_if_token_rejected("tiktok", response, body)
     if body.get("code") != 0:
         raise FatalApiError("error", platform="tiktok", status=response.status_code, code=body.get("code"))
     return body["data"]
@@ -32,11 +31,17 @@ def tiktok_classify(response: requests.Response) -> Any:
 
 def meta_classify(response: requests.Response) -> Any:
     body = response.json()
-    error = body.get("error") if isinstance(body, dict) else None
-    if error:
-        cls = TokenRejectedError if error.get("code") == 190 else FatalApiError
-        raise cls("error", platform="meta", status=response.status_code, code=error.get("code"))
+    raise_if_token_rejected("facebook", response, body)
+    if response.status_code >= 400:
+        raise FatalApiError("error", platform="facebook", status=response.status_code)
     return body
+
+
+def youtube_classify(response: requests.Response) -> Any:
+    raise_if_token_rejected("youtube", response)
+    if response.status_code >= 400:
+        raise FatalApiError("error", platform="youtube", status=response.status_code)
+    return response.json()
 
 
 @pytest.fixture
@@ -170,3 +175,68 @@ def test_youtube_revoked_refresh_token_is_auth_error(sandbox: Any, manager: Toke
     with pytest.raises(AuthError) as err:
         call_with_token(manager, name, channels)
     assert "invalid_grant" in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# The detection tables against each sandbox's real answers
+# --------------------------------------------------------------------------------------------------
+
+
+def _raw_call(manager: TokenManager, platform: str, ts: TokenSet, *, bad_request: bool = False) -> requests.Response:
+    """One plain HTTP call to the platform's sandbox endpoint with ``ts``'s token."""
+    config = manager.config
+    if platform == "tiktok":
+        return requests.get(config.tiktok_base_url + "/open_api/v1.3/business/get/", timeout=30,
+                            params={"business_id": "no-such-business" if bad_request else ts.account_ids[0],
+                                    "fields": json.dumps(["display_name"])},
+                            headers={"Access-Token": ts.access_token})
+    if platform == "facebook":
+        page_id, token = next(iter(ts.page_tokens.items()))
+        return requests.get(f"{config.meta_graph_url}/{page_id}/insights", timeout=30,
+                            params={"metric": "no_such_metric" if bad_request else "page_post_engagements",
+                                    "period": "day"},
+                            headers={"Authorization": f"Bearer {token}"})
+    return requests.get(config.youtube_data_base_url + "/youtube/v3/channels", timeout=30,
+                        params={"part": "nonsense" if bad_request else "id", "mine": "true"},
+                        headers={"Authorization": f"Bearer {ts.access_token}"})
+
+
+@pytest.mark.parametrize(("platform", "provider", "expected"), [
+    ("tiktok", "tiktok", {40102, 40105}), ("facebook", "meta", {190, 102}),
+    ("youtube", "google", {"authError", "UNAUTHENTICATED", "HTTP 401"})])
+def test_token_signal_of_each_platform_is_detected_and_other_errors_are_not(
+        sandbox: Any, manager: TokenManager, platform: str, provider: str, expected: set[Any]) -> None:
+    name, _ = first_credential(sandbox, provider)
+    ts = manager.get(name)
+    ok = _raw_call(manager, platform, ts)
+    assert ok.status_code == 200 and token_rejection(platform, ok) is None
+    other = _raw_call(manager, platform, ts, bad_request=True)  # a non-token error of the same API
+    assert other.status_code >= 400 or other.json().get("code") not in (0, None), other.text
+    assert token_rejection(platform, other) is None, other.text
+    sandbox.tokens.expire(name)
+    sandbox.tokens.revoke(name, "page")
+    rejected = _raw_call(manager, platform, ts)
+    error = token_rejection(platform, rejected)
+    assert isinstance(error, TokenRejectedError), rejected.text
+    assert error.code in expected and error.platform == platform and error.status == rejected.status_code
+    with pytest.raises(TokenRejectedError):
+        raise_if_token_rejected(platform, rejected)
+
+
+def test_unknown_platform_is_a_programming_error(sandbox: Any, manager: TokenManager) -> None:
+    name, _ = first_credential(sandbox, "tiktok")
+    response = _raw_call(manager, "tiktok", manager.get(name))
+    with pytest.raises(ValueError):
+        token_rejection("myspace", response)
+
+
+def test_rejected_twice_records_needs_reauthorization(sandbox: Any, manager: TokenManager, db_conn: Any) -> None:
+    name, _ = first_credential(sandbox, "google")
+
+    def always_rejected(ts: TokenSet) -> Any:
+        raise TokenRejectedError("rejected", platform="youtube", status=401, code="authError")
+
+    with pytest.raises(AuthError):
+        call_with_token(manager, name, always_rejected)
+    assert db_conn.run("SELECT outcome, error_class FROM social.token_state WHERE credential = :c", c=name) == [
+        ["needs_reauthorization", "needs_reauthorization"]]

@@ -88,3 +88,85 @@ def test_errors_are_one_line_exit_2(cli: Any, args: tuple[str, ...], stdin: str 
     assert expected in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "Traceback" not in out.stderr and "SECRET" not in out.stderr
+
+
+def test_stale_journal_fresh_import_then_list_keeps_the_import(cli: Any, sandbox: Any, make_config: Any,
+                                                               tmp_path: Path) -> None:
+    """The reviewer's repro: a refresh left a journal (vault outage); a human re-imports; ``tokens list``
+    must not replay the old journal over the import (and neither may the next refresh)."""
+    from shared.errors import VaultError
+    from shared.tokens import TokenManager
+
+    name, payload = first_credential(sandbox, "tiktok")
+    config = make_config(data_dir=tmp_path / "data", now_override=sandbox.clock.now().isoformat())
+    vault = make_vault(config)
+    vault.write(name, payload)
+
+    class Down:
+        def write(self, *a: Any) -> int:
+            raise VaultError("simulated outage")
+
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(vault, attr)
+
+    assert TokenManager(config, Down(), sleep=lambda s: None).ensure_fresh(name, force=True).outcome == "error"
+    journal = config.data_dir / "token-journal" / f"{name}.json"
+    assert journal.exists()
+    fresh = sandbox.tokens.issue("tiktok", "refresh", name, None, "rft.")
+    out = cli("tokens", "import", name, "--file", "-", stdin=json.dumps({**payload, "refresh_token": fresh.token}))
+    assert out.returncode == 0, out.stderr
+    assert not journal.exists()
+    assert cli("tokens", "list").returncode == 0
+    assert vault.read(name)["refresh_token"] == fresh.token
+    assert TokenManager(config, vault).get(name).refresh_token == fresh.token
+
+
+def test_list_is_side_effect_free(cli: Any, sandbox: Any, make_config: Any, tmp_path: Path) -> None:
+    from shared.errors import VaultError
+    from shared.tokens import TokenManager
+
+    name, payload = first_credential(sandbox, "tiktok")
+    config = make_config(data_dir=tmp_path / "data", now_override=sandbox.clock.now().isoformat())
+    vault = make_vault(config)
+    vault.write(name, payload)
+
+    class Down:
+        def write(self, *a: Any) -> int:
+            raise VaultError("simulated outage")
+
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(vault, attr)
+
+    TokenManager(config, Down(), sleep=lambda s: None).ensure_fresh(name, force=True)
+    journal = config.data_dir / "token-journal" / f"{name}.json"
+    assert journal.exists()
+    assert cli("tokens", "list").returncode == 0
+    assert journal.exists()  # only a refresh (under the lock) replays it
+    assert [v.version for v in vault.versions(name)] == [1]
+
+
+def test_import_without_expiry(cli: Any, sandbox: Any, make_config: Any) -> None:
+    name, payload = first_credential(sandbox, "google")
+    bare = {k: v for k, v in payload.items() if k not in ("access_token_expires_at", "issued_at")}
+    out = cli("tokens", "import", name, "--file", "-", stdin=json.dumps(bare))
+    assert out.returncode == 2 and "access_token_expires_at: is required" in out.stderr
+    out = cli("tokens", "import", name, "--file", "-", stdin=json.dumps({**bare, "issued_at": payload["issued_at"]}))
+    assert out.returncode == 0, out.stderr
+    assert "warning: access_token_expires_at missing" in out.stderr
+    stored = make_vault(make_config()).read(name)
+    assert stored["access_token_expires_at"] is not None
+
+
+def test_import_google_testing_mode_warns_in_list(cli: Any, sandbox: Any, make_config: Any) -> None:
+    from datetime import datetime, timedelta
+
+    name, payload = first_credential(sandbox, "google")
+    consent = sandbox.clock.now() - timedelta(days=6, hours=12)
+    body = {**payload, "issued_at": consent.isoformat(), "metadata": {"google_testing_mode": True}}
+    out = cli("tokens", "import", name, "--file", "-", stdin=json.dumps(body))
+    assert out.returncode == 0, out.stderr
+    stored = make_vault(make_config()).read(name)
+    assert datetime.fromisoformat(stored["refresh_token_expires_at"]) == consent + timedelta(days=7)
+    rows = [json.loads(line) for line in cli("tokens", "list", "--json").stdout.splitlines()]
+    row = next(r for r in rows if r["credential"] == name)
+    assert row["warnings"] and row["warnings"][0].startswith("refresh_token_expires_within_1d")

@@ -470,3 +470,310 @@ def test_a_lent_connection_is_not_closed(sandbox: Any, make_config: Any, db_conn
     # and the advisory lock was released: another session can take it at once
     assert db_conn.run("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
                        ) == [[0]]
+
+
+# --------------------------------------------------------------------------------------------------
+# Journal replay safety (review of issue 4, item 2)
+# --------------------------------------------------------------------------------------------------
+
+
+def _leave_a_journal(sandbox: Any, make_config: Any, name: str) -> tuple[Any, Path]:
+    """A refresh whose vault writes all fail: the platform rotated the token, the journal holds it."""
+    config = make_config(now_override=sandbox.clock.now().isoformat())
+    flaky = FlakyVault(make_vault(config), fail=1000)
+    assert TokenManager(config, flaky, sleep=lambda s: None).ensure_fresh(name, force=True).outcome == "error"
+    journal = config.data_dir / "token-journal" / f"{name}.json"
+    assert journal.exists()
+    return config, journal
+
+
+def test_journal_records_what_it_supersedes_and_is_not_replayed_over_a_newer_write(
+        sandbox: Any, make_config: Any, tiktok: tuple[str, dict[str, Any]]) -> None:
+    name, initial = tiktok
+    config, journal = _leave_a_journal(sandbox, make_config, name)
+    record = json.loads(journal.read_text(encoding="utf-8"))
+    assert record["supersedes"]["access_token"] == initial["access_token"]
+    assert record["supersedes"]["refresh_token"] == initial["refresh_token"]
+    # a human re-authorized meanwhile (written straight to the vault, e.g. from another machine)
+    fresh = sandbox.tokens.issue("tiktok", "refresh", name, None, "rft.")
+    newer = {**initial, "refresh_token": fresh.token, "issued_at": None}
+    make_vault(config).write(name, newer)
+    manager = TokenManager(config, make_vault(config), sleep=lambda s: None)
+    assert manager.get(name).refresh_token == fresh.token  # the stale journal lost
+    assert not journal.exists()
+    assert make_vault(config).read(name)["refresh_token"] == fresh.token
+
+
+def _advisory_lock_holders(conn: Any, key: int) -> int:
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    return conn.run("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                    " AND classid::bigint * 4294967296 + objid::bigint = CAST(:u AS numeric)", u=unsigned)[0][0]
+
+
+class LockCheckingVault:
+    """Wraps a real vault; records whether the credential's advisory lock was held at each write."""
+
+    def __init__(self, inner: Any, conn: Any, key: int) -> None:
+        self.inner, self.conn, self.key, self.locked_writes = inner, conn, key, []
+
+    def write(self, name: str, payload: Any) -> int:
+        self.locked_writes.append(_advisory_lock_holders(self.conn, self.key) == 1)
+        return self.inner.write(name, payload)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
+
+
+def test_journal_replay_happens_under_the_lock_and_never_from_read_or_dry_run(
+        sandbox: Any, make_config: Any, db_conn: Any, tiktok: tuple[str, dict[str, Any]]) -> None:
+    name, initial = tiktok
+    config, journal = _leave_a_journal(sandbox, make_config, name)
+    vault = LockCheckingVault(make_vault(config), db_conn, lock_key(name))
+    manager = TokenManager(config, vault, sleep=lambda s: None)
+    # reads for reports have no side effects
+    assert manager.read(name).refresh_token == initial["refresh_token"]
+    assert manager.ensure_fresh(name, dry_run=True).outcome in ("fresh", "due")
+    assert journal.exists() and vault.locked_writes == []
+    # the real read replays, holding the credential's advisory lock while it writes
+    recovered = manager.get(name)
+    assert recovered.refresh_token != initial["refresh_token"]
+    assert vault.locked_writes == [True]
+    assert not journal.exists()
+    assert _advisory_lock_holders(db_conn, lock_key(name)) == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Answers without expires_in (item 3)
+# --------------------------------------------------------------------------------------------------
+
+
+class DropsExpiresIn:
+    """Wraps the manager's real grant session (real HTTP to the sandbox) and removes ``expires_in`` from
+    the answer: the sandbox always sends it, real platforms may not."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def request(self, *args: Any, **kw: Any) -> Any:
+        data = self.inner.request(*args, **kw)
+        return {k: v for k, v in data.items() if k != "expires_in"} if kw.get("endpoint") != "page_access_token" \
+            else data
+
+
+@pytest.mark.parametrize(("provider", "lifetime"),
+                         [("tiktok", timedelta(hours=24)), ("google", timedelta(seconds=3600))])
+def test_refresh_answer_without_expires_in_gets_the_documented_lifetime(
+        sandbox: Any, make_config: Any, database_url: str, provider: str, lifetime: timedelta) -> None:
+    name, initial = first_credential(sandbox, provider)
+    config = make_config(now_override=sandbox.clock.now().isoformat())
+    vault = make_vault(config)
+    vault.write(name, initial)
+    plain = TokenManager(config, vault, sleep=lambda s: None)
+    manager = TokenManager(config, vault, sleep=lambda s: None,
+                           session={provider: DropsExpiresIn(plain.session(provider))})
+    outcome = manager.ensure_fresh(name, force=True)
+    assert outcome.outcome == "refreshed", outcome
+    stored = TokenSet.from_json(vault.read(name))
+    assert stored.access_token_expires_at == config.now() + lifetime  # the manager's "now" + the default
+    # so the predictive rule still works: refreshed again when inside the margin
+    later = make_config(now_override=(config.now() + lifetime - timedelta(minutes=5)).isoformat())
+    assert needs_refresh(stored, later, later.now())
+
+
+def test_stored_tiktok_or_google_credential_without_expiry_is_not_forever_fresh() -> None:
+    config = Config()
+    now = datetime.fromisoformat("2026-06-01T00:00:00+00:00")
+    tik = TokenSet(credential="t", provider="tiktok", access_token="x" * 8, refresh_token="y" * 8,
+                   issued_at=now - timedelta(hours=23))
+    assert needs_refresh(tik, config, now)  # issued 23 h ago + 24 h default: 1 h left
+    assert not needs_refresh(dataclasses_replace(tik, issued_at=now - timedelta(hours=1)), config, now)
+    assert needs_refresh(dataclasses_replace(tik, issued_at=None), config, now)  # unknown age: refresh
+    page_only = TokenSet(credential="p", provider="meta", access_token="x" * 8)
+    assert not needs_refresh(page_only, config, now)
+
+
+def dataclasses_replace(ts: TokenSet, **kw: Any) -> TokenSet:
+    import dataclasses
+
+    return dataclasses.replace(ts, **kw)
+
+
+def test_prepare_import_requires_expiry_or_applies_the_default_with_a_warning() -> None:
+    from shared.tokens import prepare_import
+
+    now = datetime.fromisoformat("2026-06-01T00:00:00+00:00")
+    base = {"provider": "google", "access_token": "ya29.x", "refresh_token": "1//r"}
+    with pytest.raises(InputError) as err:
+        prepare_import(base, "g", now)
+    assert err.value.field == "access_token_expires_at"
+    ts, warnings = prepare_import({**base, "issued_at": "2026-06-01T00:00:00+00:00"}, "g", now)
+    assert ts.access_token_expires_at == now + timedelta(seconds=3600)
+    assert len(warnings) == 1 and "access_token_expires_at" in warnings[0]
+    ts, warnings = prepare_import({**base, "access_token_expires_at": "2026-06-01T01:00:00+00:00"}, "g", now)
+    assert warnings == [] and ts.refresh_token_expires_at is None
+
+
+def test_google_testing_mode_sets_a_7_day_refresh_deadline_and_warns() -> None:
+    from shared.tokens import prepare_import
+
+    consent = datetime.fromisoformat("2026-06-01T00:00:00+00:00")
+    payload = {"provider": "google", "access_token": "ya29.x", "refresh_token": "1//r",
+               "access_token_expires_at": "2026-06-01T01:00:00+00:00", "issued_at": consent.isoformat(),
+               "metadata": {"google_testing_mode": True}}
+    ts, warnings = prepare_import(payload, "g", consent)
+    assert ts.refresh_token_expires_at == consent + timedelta(days=7)
+    assert any("google_testing_mode" in w for w in warnings)
+    # refreshes keep the deadline (it counts from consent); the warnings fire as it nears
+    config = Config()
+    assert "within_7d" in refresh_token_warnings(ts, config, consent + timedelta(days=1))[0]
+    assert "within_1d" in refresh_token_warnings(ts, config, consent + timedelta(days=6, hours=12))[0]
+    with pytest.raises(InputError) as err:
+        TokenSet.from_json({**payload, "metadata": {"google_testing_mode": "yes"}}, credential="g")
+    assert err.value.field == "metadata.google_testing_mode"
+
+
+# --------------------------------------------------------------------------------------------------
+# A grant is never blindly re-sent; re-authorization codes and lost locks (item 4)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_lost_refresh_answer_is_not_resent(sandbox: Any, make_config: Any,
+                                           tiktok: tuple[str, dict[str, Any]]) -> None:
+    """The platform rotates the token but the answer is cut off: a re-send would meet 40107 and report a
+    live credential as dead. It must be reported as an unknown outcome, with one platform call."""
+    name, initial = tiktok
+    sandbox.faults.add(FaultRule(kind="truncated", emulator="tiktok", endpoint=TIKTOK_REFRESH, times=1))
+    manager = manager_now(sandbox, make_config, http_max_retries=3, http_backoff_cap_seconds=0.05)
+    outcome = manager.ensure_fresh(name, force=True)
+    assert sandbox.ledger.calls("tiktok", endpoint=TIKTOK_REFRESH) == 1
+    assert outcome.outcome == "error", outcome
+    assert outcome.error_class == "refresh_outcome_unknown" and not outcome.retriable
+    assert manager.vault.read(name)["refresh_token"] == initial["refresh_token"]
+
+
+def test_refused_grants_are_resent(sandbox: Any, make_config: Any, tiktok: tuple[str, dict[str, Any]]) -> None:
+    name, _ = tiktok
+    sandbox.faults.add(FaultRule(kind="status", emulator="tiktok", endpoint=TIKTOK_REFRESH, status=503, times=1))
+    manager = manager_now(sandbox, make_config, http_max_retries=2, http_backoff_cap_seconds=0.05)
+    assert manager.ensure_fresh(name, force=True).outcome == "refreshed"
+    assert sandbox.ledger.calls("tiktok", endpoint=TIKTOK_REFRESH) == 2
+
+
+def test_connection_refused_is_safe_to_resend_and_a_read_timeout_is_not(make_config: Any) -> None:
+    import socket
+
+    from shared.errors import RetriableApiError
+    from shared.http import ApiSession
+    from shared.tokens import _never_reached_grant, classify_tiktok_oauth
+
+    with socket.socket() as s:  # a port with no listener: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    session = ApiSession("tiktok", make_config(http_max_retries=0), classify=classify_tiktok_oauth)
+    with pytest.raises(RetriableApiError) as err:
+        session.request("POST", f"http://127.0.0.1:{port}/x", endpoint="x", json={})
+    assert _never_reached_grant(err.value)
+    # a read timeout after sending
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        slow = ApiSession("tiktok", make_config(http_max_retries=0, http_timeout_seconds=0.2),
+                          classify=classify_tiktok_oauth)
+        with pytest.raises(RetriableApiError) as err:
+            slow.request("POST", f"http://127.0.0.1:{server.getsockname()[1]}/x", endpoint="x", json={})
+    assert not _never_reached_grant(err.value)
+
+
+def test_reauthorization_code_after_another_refresher_won_uses_its_tokens(
+        sandbox: Any, make_config: Any, tiktok: tuple[str, dict[str, Any]]) -> None:
+    """Another refresher (outside our lock: another database, a dropped lock) rotates the grant just before
+    ours reaches the platform: TikTok answers 40107 to us, but the vault holds its live tokens."""
+    from shared.tokens import refresh_tiktok
+
+    name, initial = tiktok
+    config = make_config(now_override=sandbox.clock.now().isoformat())
+    vault = make_vault(config)
+    other = TokenManager(config, vault, sleep=lambda s: None)
+    real = other.session("tiktok")
+
+    class OtherRefresherFirst:
+        def __init__(self) -> None:
+            self.done = False
+
+        def request(self, *args: Any, **kw: Any) -> Any:
+            if not self.done:
+                self.done = True
+                won = refresh_tiktok(real, config, TokenSet.from_json(initial), config.now())
+                vault.write(name, won.to_json())
+            return real.request(*args, **kw)
+
+    manager = TokenManager(config, vault, sleep=lambda s: None, session={"tiktok": OtherRefresherFirst()})
+    outcome = manager.ensure_fresh(name, force=True)
+    assert outcome.outcome == "fresh", outcome
+    stored = vault.read(name)
+    assert stored["refresh_token"] != initial["refresh_token"]
+    assert sandbox.tokens.check(stored["refresh_token"], "tiktok", ("refresh",))[0] == "ok"
+    assert sandbox.ledger.calls("tiktok", endpoint=TIKTOK_REFRESH) == 2  # theirs, then our 40107
+
+
+@pytest.mark.parametrize("someone_wrote", [False, True])
+def test_a_dropped_lock_connection_is_retaken_and_the_vault_reread_before_writing(
+        sandbox: Any, make_config: Any, db_conn: Any, someone_wrote: bool,
+        tiktok: tuple[str, dict[str, Any]]) -> None:
+    name, initial = tiktok
+    config = make_config(now_override=sandbox.clock.now().isoformat())
+    vault = make_vault(config)
+    manager = TokenManager(config, vault, sleep=lambda s: None)
+    imported = {**initial, "access_token": "act.imported-meanwhile"}
+
+    def drop_the_lock(new: TokenSet) -> None:
+        killed = db_conn.run("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+                             " AND pid <> pg_backend_pid()")
+        assert killed == [[True]]
+        if someone_wrote:  # another refresher/import took the free lock and wrote meanwhile
+            vault.write(name, imported)
+
+    manager.after_platform_answer = drop_the_lock
+    outcome = manager.ensure_fresh(name, force=True)
+    stored = vault.read(name)
+    if someone_wrote:
+        assert outcome.outcome == "fresh", outcome
+        assert stored["access_token"] == imported["access_token"]  # not overwritten
+    else:
+        assert outcome.outcome == "refreshed", outcome
+        assert stored["refresh_token"] != initial["refresh_token"]
+    assert not (config.data_dir / "token-journal" / f"{name}.json").exists()
+    assert _advisory_lock_holders(db_conn, lock_key(name)) == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Refresh deadline past, access fresh (item 8); Meta warnings after a failed renewal (item 11)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_expired_refresh_token_with_a_fresh_access_token_needs_reauthorization(
+        sandbox: Any, make_config: Any, db_conn: Any, tiktok: tuple[str, dict[str, Any]]) -> None:
+    name, initial = tiktok
+    now = sandbox.clock.now()
+    past = (now - timedelta(hours=1)).isoformat()
+    make_vault(make_config()).write(name, {**initial, "refresh_token_expires_at": past})
+    outcome = manager_now(sandbox, make_config).ensure_fresh(name)
+    assert outcome.outcome == "needs_reauthorization", outcome
+    assert outcome.expires_at == datetime.fromisoformat(initial["access_token_expires_at"])
+    assert "stays usable until" in (outcome.error_message or "")
+    assert sandbox.ledger.calls("tiktok", endpoint=TIKTOK_REFRESH) == 0
+    assert db_conn.run("SELECT outcome FROM social.token_state WHERE credential = :c", c=name) == [
+        ["needs_reauthorization"]]
+
+
+def test_meta_warns_at_30_days_when_the_renewal_failed(sandbox: Any, make_config: Any, database_url: str) -> None:
+    name, initial = first_credential(sandbox, "meta")
+    make_vault(make_config()).write(name, initial)
+    sandbox.clock.advance(days=35)  # 25 days left: outside the 12-day margin, inside 30 days
+    manager = manager_now(sandbox, make_config, http_max_retries=0)
+    healthy = manager.ensure_fresh(name)
+    assert healthy.outcome == "fresh" and healthy.warnings == []  # a healthy token does not nag
+    sandbox.faults.add(FaultRule(kind="status", emulator="meta", status=500, times=None))
+    failed = manager.ensure_fresh(name, force=True)
+    assert failed.outcome == "error"
+    assert len(failed.warnings) == 1 and failed.warnings[0].startswith("refresh_token_expires_within_30d")

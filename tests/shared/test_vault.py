@@ -162,3 +162,57 @@ def test_secret_manager_missing_and_failing(sandbox: Any, sm_vault: SecretManage
         sm_vault.write("c", PAYLOAD)
     assert err.value.retriable
     assert "SECRET-PAYLOAD-VALUE" not in str(err.value)
+
+
+def test_secret_manager_names_sends_the_label_filter(sandbox: Any, sm_vault: SecretManagerVault) -> None:
+    """Spy on the real client's list call (it still goes over REST to the sandbox)."""
+    from shared.vault import CREDENTIAL_FILTER
+
+    sm_vault.write("tiktok-y", {"n": 1})
+    sandbox.secret_manager.put("db-password", b"hunter2")
+    real = sm_vault._client.list_secrets
+    sent: list[Any] = []
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        sent.append(kw.get("request"))
+        return real(*args, **kw)
+
+    sm_vault._client.list_secrets = spy
+    try:
+        assert sm_vault.names() == ["tiktok-y"]
+    finally:
+        del sm_vault._client.list_secrets
+    assert sent and sent[0]["filter"] == CREDENTIAL_FILTER == "labels.sde-credential=true"
+
+
+def test_secret_manager_names_denied_is_a_distinct_error(sandbox: Any, sm_vault: SecretManagerVault) -> None:
+    from shared.vault import VaultListDenied
+
+    sandbox.faults.add(FaultRule(kind="status", emulator="secret_manager", endpoint="secrets.list", status=403,
+                                 code="PERMISSION_DENIED", times=None))
+    with pytest.raises(VaultListDenied) as err:
+        sm_vault.names()
+    assert not err.value.retriable
+
+
+def test_secret_manager_concurrent_prunes_do_not_fail(sandbox: Any, make_config: Any) -> None:
+    """Two writers plan the same prune; the second finds the versions destroyed (REST: 400 BadRequest)."""
+    vault = make_vault(make_config(vault_backend="secretmanager", vault_keep_versions=100))
+    for n in range(1, 5):
+        vault.write("c", {"n": n})
+    stale = vault.versions("c")  # what the slower writer saw before the faster one pruned
+    assert vault.prune("c", 1) == 3
+    real = vault.versions
+    calls: list[str] = []
+
+    def planned_before_the_other_prune(name: str) -> Any:  # the slower writer's stale plan, once
+        calls.append(name)
+        return stale if len(calls) == 1 else real(name)
+
+    vault.versions = planned_before_the_other_prune  # type: ignore[method-assign]
+    try:
+        vault.prune("c", 1)
+    finally:
+        del vault.versions
+    assert {v.version: v.state for v in vault.versions("c")} == {4: "ENABLED", 3: "DESTROYED", 2: "DESTROYED",
+                                                                1: "DESTROYED"}

@@ -138,3 +138,105 @@ def test_bad_bodies_are_400_naming_the_field(app: Any, payload: Any, field: str)
 def test_not_json_is_400(app: Any) -> None:
     resp = app.post("/", data=b"{nope", content_type="application/json")
     assert resp.status_code == 400 and resp.get_json()["field"] == "body"
+
+
+def test_dry_run_mirrors_nothing_and_replays_no_journal(app: Any, sandbox: Any, db_conn: Any, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.errors import VaultError
+    from shared.tokens import TokenManager
+
+    name = _by_provider(sandbox)["tiktok"][0]
+    _at_sandbox_now(sandbox, monkeypatch)
+    config = Config.from_env()
+    vault = make_vault(config)
+
+    class Down:
+        def write(self, *a: Any) -> int:
+            raise VaultError("simulated outage")
+
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(vault, attr)
+
+    assert TokenManager(config, Down(), sleep=lambda s: None).ensure_fresh(name, force=True).outcome == "error"
+    journal = config.data_dir / "token-journal" / f"{name}.json"
+    assert journal.exists()
+    db_conn.run("DELETE FROM social.token_state")
+    versions = [v.version for v in vault.versions(name)]
+    resp = app.post("/", json={"dry_run": True})
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert db_conn.run("SELECT count(*) FROM social.accounts")[0][0] == 0  # the registry was not mirrored
+    assert db_conn.run("SELECT count(*) FROM social.token_state")[0][0] == 0
+    assert journal.exists() and [v.version for v in vault.versions(name)] == versions
+    # the real run replays it (under the lock) and mirrors the registry
+    resp = app.post("/", json={"credentials": [name]})
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert not journal.exists()
+    assert db_conn.run("SELECT count(*) FROM social.accounts")[0][0] > 0
+
+
+def test_unknown_credential_is_400_before_anything_is_written(app: Any, db_conn: Any) -> None:
+    resp = app.post("/", json={"credentials": ["no-such-credential"]})
+    assert resp.status_code == 400 and resp.get_json()["field"] == "credentials"
+    assert db_conn.run("SELECT count(*) FROM social.accounts")[0][0] == 0
+    assert db_conn.run("SELECT count(*) FROM social.sync_runs")[0][0] == 0
+
+
+@pytest.fixture
+def sm_app(sandbox: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The deployed entry point with VAULT_BACKEND=secretmanager: the real google-cloud-secret-manager client
+    over REST to the sandbox's Secret Manager."""
+    registry = tmp_path / "accounts.toml"
+    registry.write_text(sandbox.registry_toml(), encoding="utf-8")
+    env = {**sandbox.env, "DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"),
+           "ACCOUNTS_FILE": str(registry), "HTTP_MAX_RETRIES": "1", "HTTP_BACKOFF_CAP_SECONDS": "0.05",
+           "VAULT_BACKEND": "secretmanager", "VAULT_KEEP_VERSIONS": "2"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    vault = make_vault(Config.from_env(env))
+    for name, payload in sandbox.credentials().items():
+        vault.write(name, payload)
+    client = functions_framework.create_app("refresh_tokens", str(REPO_ROOT / "functions/token_refresh/main.py"))
+    return client.test_client()
+
+
+def test_end_to_end_with_secret_manager(sm_app: Any, sandbox: Any, db_conn: Any,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.vault import SecretManagerVault
+
+    names = _by_provider(sandbox)
+    sandbox.clock.advance(hours=23, minutes=55)
+    _at_sandbox_now(sandbox, monkeypatch)
+    before = {n: json.loads(sandbox.secret_manager.payload(n) or b"{}") for n in sandbox.credentials()}
+    resp = sm_app.post("/", json={}, headers=SCHEDULER)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    body = resp.get_json()
+    outcomes = {c["credential"]: c["outcome"] for c in body["credentials"]}
+    assert set(outcomes) == set(sandbox.credentials())
+    for name in names["tiktok"] + names["google"]:
+        assert outcomes[name] == "refreshed"
+        stored = json.loads(sandbox.secret_manager.payload(name) or b"{}")  # latest version, on the emulator
+        assert stored["access_token"] != before[name]["access_token"]
+        assert sandbox.tokens.check(stored["access_token"], PROVIDER_OF[
+            sandbox.world.credentials()[name][0].platform])[0] == "ok"
+    for name in names["meta"]:
+        assert outcomes[name] == "fresh"
+    assert sandbox.ledger.calls("secret_manager", "secrets.addVersion") >= len(names["tiktok"] + names["google"])
+    vault = make_vault(Config.from_env())
+    assert isinstance(vault, SecretManagerVault)
+    assert [v.version for v in vault.versions(names["tiktok"][0])] == [2, 1]
+    assert body["warnings"] == []
+    rows = db_conn.run("SELECT count(*) FROM social.sync_runs WHERE run_id = :r", r=body["run_id"])
+    assert rows[0][0] == len(outcomes)
+
+
+def test_secret_manager_listing_denied_refreshes_the_referenced_credentials(
+        sm_app: Any, sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    sandbox.faults.add(FaultRule(kind="status", emulator="secret_manager", endpoint="secrets.list", status=403,
+                                 code="PERMISSION_DENIED", times=None))
+    _at_sandbox_now(sandbox, monkeypatch)
+    resp = sm_app.post("/", json={})
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    body = resp.get_json()
+    assert {c["credential"] for c in body["credentials"]} == set(sandbox.credentials())  # all referenced
+    assert len(body["warnings"]) == 1 and "denied" in body["warnings"][0]
+    assert sandbox.ledger.calls("secret_manager", "secrets.list") >= 1
