@@ -217,9 +217,17 @@ class SecretManagerEmulator(Emulator):
     def _list_secrets(self, req: Request, m: re.Match[str]) -> Response:
         if self._project(req, m) is None:
             return self._denied(m, "secretmanager.secrets.list", req)
+        flt = (req.arg("filter") or "").strip()
+        want: tuple[str, str] | None = None
+        if flt:  # the subset of the list filter syntax we need: labels.KEY=VALUE (or labels.KEY:VALUE)
+            fm = re.fullmatch(r"labels\.([a-z0-9_-]+)\s*[:=]\s*([A-Za-z0-9_-]+)", flt)
+            if not fm:
+                return sm_error(400, f"Invalid filter: {flt}")
+            want = (fm.group(1), fm.group(2))
         with self._lock:
             items = [self._secret_json(s) for (loc, _), s in sorted(self._secrets.items(), key=lambda kv: kv[0][1])
-                     if loc == m.group("location")]
+                     if loc == m.group("location")
+                     and (want is None or (s.body.get("labels") or {}).get(want[0]) == want[1])]
         return _list_response(req, items, "secrets", self._repeat(req, "secrets.list", None))
 
     def _delete_secret(self, req: Request, m: re.Match[str]) -> Response:

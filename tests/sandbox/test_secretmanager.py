@@ -135,3 +135,16 @@ def test_non_object_json_bodies_are_400(sandbox: Sandbox) -> None:
                 f"{base}/secrets?secretId=fresh"):
         r = requests.post(url, data=b"[1]", headers={"Content-Type": "application/json"}, timeout=10)
         assert r.status_code == 400 and r.json()["error"]["status"] == "INVALID_ARGUMENT", r.text
+
+
+def test_list_secrets_label_filter(sandbox: Sandbox) -> None:
+    """secrets.list with filter=labels.KEY=VALUE returns only the labelled secrets (as the vault asks)."""
+    base = f"{sandbox.env['SECRET_MANAGER_ENDPOINT']}/v1/projects/{sandbox.settings.project_id}/secrets"
+    for sid, labels in (("labelled", {"sde-credential": "true"}), ("other", {})):
+        r = requests.post(base, params={"secretId": sid}, json={"replication": {"automatic": {}}, "labels": labels},
+                          timeout=10)
+        assert r.status_code == 200, r.text
+    names = [s["name"].rsplit("/", 1)[-1] for s in
+             requests.get(base, params={"filter": "labels.sde-credential=true"}, timeout=10).json()["secrets"]]
+    assert names == ["labelled"]
+    assert requests.get(base, params={"filter": "name:x OR 1"}, timeout=10).status_code == 400
