@@ -17,7 +17,6 @@ Adding a platform to the demo is one ``Target`` in ``TARGETS``.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import shlex
@@ -27,7 +26,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,26 +69,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def fake_oidc_token(audience: str) -> str:
-    """An unsigned JWT shaped like Scheduler's OIDC token (locally nothing verifies it; Cloud Run IAM would)."""
-    def b64(obj: dict[str, Any]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
-
-    now = int(time.time())
-    claims = {"iss": "https://accounts.google.com", "aud": audience, "iat": now, "exp": now + 3600,
-              "email": "scheduler@sde-demo.iam.gserviceaccount.com", "email_verified": True}
-    return f"{b64({'alg': 'RS256', 'kid': 'demo', 'typ': 'JWT'})}.{b64(claims)}.demo-signature"
-
-
 def scheduler_headers(job: str, url: str) -> dict[str, str]:
-    return {
-        "User-Agent": "Google-Cloud-Scheduler",
-        "X-CloudScheduler": "true",
-        "X-CloudScheduler-JobName": f"projects/sde-demo/locations/us-central1/jobs/{job}",
-        "X-CloudScheduler-ScheduleTime": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
-        "Authorization": f"Bearer {fake_oidc_token(url)}",
-        "Content-Type": "application/octet-stream",  # Scheduler's default when a body is set
-    }
+    """Exactly what Cloud Scheduler sends (api-contracts §4.2), built by the sandbox's own
+    ``scheduler_headers``: User-Agent, X-CloudScheduler*, an OIDC-shaped bearer whose audience is the
+    target URL (locally nothing verifies it; Cloud Run IAM would), ``application/octet-stream``."""
+    from sandbox.core import scheduler_headers as sandbox_scheduler_headers
+
+    return sandbox_scheduler_headers(f"projects/sde-demo/locations/us-central1/jobs/{job}", audience=url)
 
 
 class FunctionServer:

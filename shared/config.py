@@ -73,7 +73,7 @@ class Config:
     youtube_lag_days: int = 5  # analytics totals consolidated through today - lag
     youtube_lookback_days: int = 28  # channel day metrics re-fetched every run
     youtube_daily_quota: int = 10_000  # Data API units per day for the project
-    youtube_analytics_batch: int = 500  # ids per filters=video==... query
+    youtube_analytics_batch: int = 400  # ids per filters=video==... query: 2 full 200-row pages (API cap 500)
 
     # --- misc -----------------------------------------------------------------------------------
     default_timezone: str = DEFAULT_TIMEZONE

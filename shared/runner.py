@@ -3,6 +3,10 @@
 Cloud Scheduler (or a person) POSTs an optional JSON body. Each account is synced on its own: one
 account's failure never stops the others, every account gets one ``social.sync_runs`` row and one JSON
 summary log line, and the HTTP status tells Scheduler whether a retry could help (500) or not (200).
+
+An optional run-level planner (``plan_run(ctx, accounts) -> {account_id: allocation}``) runs once before
+the per-account loop, so a shared budget (YouTube's daily Data API quota) is split across every account
+of the run instead of being spent first come, first served; pipelines read ``ctx.allocations``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
+
+from pg8000.exceptions import Error as DriverError
 
 from shared import db
 from shared.config import Config
@@ -76,6 +82,8 @@ class RunContext:
     deadline: float  # time.monotonic() value after which no new account starts
     schedule_time: str | None = None
     started: float = field(default_factory=time.monotonic)
+    #: what the run-level planner (``plan_run``) gave each account id; {} when there is no planner
+    allocations: dict[str, Any] = field(default_factory=dict)
     _conn: Any = None
     _tokens: Any = None
 
@@ -117,6 +125,7 @@ class RunContext:
 
 
 SyncAccount = Callable[[RunContext, Account], AccountResult]
+PlanRun = Callable[[RunContext, list[Account]], Mapping[str, Any]]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,8 +244,14 @@ def run_http(
     sync_account: SyncAccount,
     extra_fields: Mapping[str, type] | None = None,
     config: Config | None = None,
+    plan_run: PlanRun | None = None,
 ) -> tuple[dict[str, Any], int]:
-    """Entry point behind every platform function: returns (JSON body, HTTP status)."""
+    """Entry point behind every platform function: returns (JSON body, HTTP status).
+
+    ``plan_run(ctx, accounts)``, when given, runs once after the accounts are selected and before the
+    first sync; its result (account id -> allocation) is ``ctx.allocations``. A planner failure is logged
+    and the run goes on without allocations (each sync then plans for itself).
+    """
 
     def handle(run_id: str, trigger: str) -> tuple[dict[str, Any], int]:
         cfg = config or Config.from_env()
@@ -248,17 +263,20 @@ def run_http(
             schedule_time=request.headers.get("X-CloudScheduler-ScheduleTime"),
         )
         try:
-            return _run(ctx, platforms, sync_account)
+            return _run(ctx, platforms, sync_account, plan_run)
         finally:
             ctx.close()
 
     return serve_http(request, function, handle)
 
 
-def _run(ctx: RunContext, platforms: Sequence[str], sync_account: SyncAccount) -> tuple[dict[str, Any], int]:
+def _run(ctx: RunContext, platforms: Sequence[str], sync_account: SyncAccount,
+         plan_run: PlanRun | None = None) -> tuple[dict[str, Any], int]:
     accounts = _select_accounts(ctx, platforms)
     logger.info("run started: %d account(s)", len(accounts),
                 extra={"fields": {"accounts": len(accounts), "dry_run": ctx.dry_run}})
+    if plan_run is not None and accounts:
+        _plan(ctx, accounts, plan_run)
     results: list[tuple[Account, AccountResult]] = []
     for i, account in enumerate(accounts, 1):
         with log_context(platform=account.platform, account=account.account_id):
@@ -271,6 +289,18 @@ def _run(ctx: RunContext, platforms: Sequence[str], sync_account: SyncAccount) -
     status = 500 if any(r.status == "failed" and r.retriable for _, r in results) else 200
     logger.info("run finished: %s", body["status"], extra={"fields": {"totals": body["totals"]}})
     return body, status
+
+
+def _plan(ctx: RunContext, accounts: list[Account], plan_run: PlanRun) -> None:
+    try:
+        ctx.allocations = dict(plan_run(ctx, accounts) or {})
+    except (SDEError, DriverError, ConnectionError) as exc:
+        logger.warning("run planning failed, each account plans for itself: %s", redact(str(exc)))
+        ctx.allocations = {}
+        ctx.reset_connection()
+        return
+    logger.info("run planned: %d allocation(s)", len(ctx.allocations),
+                extra={"fields": {"allocations": ctx.allocations}})
 
 
 def mirror_registry(conn: Any, config: Config, registry: list[Account] | None = None) -> None:
@@ -322,6 +352,14 @@ def _sync_one(ctx: RunContext, account: Account, sync_account: SyncAccount) -> A
                                                   error_message=redact(str(exc)), retriable=exc.retriable))
         if isinstance(exc, LoadError):
             ctx.reset_connection()
+    except (DriverError, ConnectionError) as exc:
+        # a raw pg8000 InterfaceError/DatabaseError, or the socket error pg8000 lets through when the
+        # server drops the connection (builtin ConnectionError; requests' errors are not among them)
+        load = LoadError(f"database error: {type(exc).__name__}: {exc}")
+        result = _from_partial(exc, AccountResult(status="failed", error_class=load.error_class,
+                                                  error_message=redact(str(load)), retriable=True))
+        logger.error("database error during the sync: %s", redact(str(load)))
+        ctx.reset_connection()
     except Exception as exc:  # a bug in one account must not stop the others
         logger.error("unexpected error: %s", exc, extra={"fields": {"stack_trace": traceback.format_exc()}})
         result = AccountResult(status="failed", error_class="internal",
@@ -358,6 +396,8 @@ def _record(ctx: RunContext, account: Account, r: AccountResult) -> None:
             quota_units=r.quota_units, rows_inserted=r.rows_inserted, rows_updated=r.rows_updated,
             rows_unchanged=r.rows_unchanged, error_class=r.error_class, error_message=r.error_message,
             details={**r.details, "schedule_time": ctx.schedule_time},
+            # the run's clock (NOW_OVERRIDE in tests and replays): finished_at never precedes started_at
+            finished_at=(r.started_at or ctx.now) + timedelta(seconds=r.seconds),
         )
     except SDEError as exc:
         logger.error("could not record the run ledger row: %s", exc)
@@ -368,17 +408,19 @@ def record_row(conn: Any, *, run_id: str, function: str, platform: str, account_
                started_at: datetime, status: str, outcome: str | None = None, window_start: date | None = None,
                window_end: date | None = None, api_calls: int = 0, quota_units: int = 0, rows_inserted: int = 0,
                rows_updated: int = 0, rows_unchanged: int = 0, error_class: str | None = None,
-               error_message: str | None = None, details: Mapping[str, Any] | None = None) -> None:
+               error_message: str | None = None, details: Mapping[str, Any] | None = None,
+               finished_at: datetime | None = None) -> None:
     """One ``social.sync_runs`` row per (run, function, platform, account), in its own transaction so
-    that failures are recorded too. A retry of the same run id updates the row."""
+    that failures are recorded too. A retry of the same run id updates the row. ``finished_at`` defaults
+    to the database clock; pass it when ``started_at`` comes from the run's own (overridable) clock."""
     with db.transaction(conn):
         conn.run(
             "INSERT INTO social.sync_runs (run_id, function, platform, account_id, trigger, window_start,"
             " window_end, started_at, finished_at, status, outcome, api_calls, quota_units, rows_inserted,"
             " rows_updated, rows_unchanged, error_class, error_message, details)"
             " VALUES (:run_id, :function, :platform, :account_id, :trigger, :ws, :we,"
-            " :started_at, clock_timestamp(), :status, :outcome, :calls, :units, :ins, :upd, :unch,"
-            " :ecls, :emsg, CAST(:details AS jsonb))"
+            " :started_at, COALESCE(CAST(:finished_at AS timestamptz), clock_timestamp()), :status, :outcome,"
+            " :calls, :units, :ins, :upd, :unch, :ecls, :emsg, CAST(:details AS jsonb))"
             " ON CONFLICT (run_id, function, platform, account_id) DO UPDATE SET"
             " status = EXCLUDED.status, outcome = EXCLUDED.outcome, finished_at = EXCLUDED.finished_at,"
             " api_calls = EXCLUDED.api_calls, quota_units = EXCLUDED.quota_units,"
@@ -386,7 +428,8 @@ def record_row(conn: Any, *, run_id: str, function: str, platform: str, account_
             " rows_unchanged = EXCLUDED.rows_unchanged, details = EXCLUDED.details,"
             " error_class = EXCLUDED.error_class, error_message = EXCLUDED.error_message",
             run_id=run_id, function=function, platform=platform, account_id=account_id, trigger=trigger,
-            ws=window_start, we=window_end, started_at=started_at, status=status, outcome=outcome,
+            ws=window_start, we=window_end, started_at=started_at, finished_at=finished_at, status=status,
+            outcome=outcome,
             calls=api_calls, units=quota_units, ins=rows_inserted, upd=rows_updated, unch=rows_unchanged,
             ecls=error_class, emsg=(error_message or "")[:2000] or None,
             details=json.dumps(dict(details or {}), default=str),

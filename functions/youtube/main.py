@@ -21,4 +21,4 @@ configure_logging()
 @functions_framework.http
 def youtube_sync(request: Any) -> tuple[dict[str, Any], int]:
     return run_http(request, function="youtube_sync", platforms=("youtube",), sync_account=pipeline.sync_account,
-                    extra_fields={"full_rescan": bool})
+                    extra_fields={"full_rescan": bool}, plan_run=pipeline.plan_run)

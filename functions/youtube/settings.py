@@ -28,7 +28,9 @@ WATCH_URL = "https://www.youtube.com/watch?v={video_id}"
 
 # --- YouTube Analytics API v2 (appended to config.youtube_analytics_base_url) ----------------------
 ANALYTICS_PATH = "/v2/reports"
-ANALYTICS_IDS = "channel==MINE"
+#: ``ids=channel==<UC...>`` (the registered channel), never ``channel==MINE``: a credential authorized for
+#: another channel then fails loudly (403) instead of silently loading the wrong channel's figures
+ANALYTICS_IDS = "channel=={channel_id}"
 #: per-video lifetime totals (dimensions=video)
 VIDEO_METRICS = ("views", "likes", "comments", "shares", "estimatedMinutesWatched", "averageViewDuration",
                  "subscribersGained")
@@ -57,3 +59,10 @@ RETRIABLE_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "ba
 #: the access token was rejected: refresh once, retry once (a 401 always is, whatever the reason)
 TOKEN_REASONS = frozenset({"authError", "expired", "invalidCredentials"})
 RETRIABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: 403 reasons meaning "this credential may not read this channel": a human must re-authorize it
+#: (missing scope, or consent given for another channel)
+REAUTH_REASONS = frozenset({"insufficientPermissions", "playlistItemsNotAccessible"})
+#: 403 reasons that mean the same only on Analytics ``reports.query`` (``ids=channel==<UC>`` not owned)
+ANALYTICS_REAUTH_REASONS = frozenset({"forbidden"})
+#: 404 on the uploads playlist of a channel that has no uploads (the playlist is never created)
+EMPTY_PLAYLIST_REASONS = frozenset({"playlistNotFound"})

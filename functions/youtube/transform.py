@@ -26,6 +26,7 @@ __all__ = [
     "post_row",
     "report_records",
     "to_int",
+    "unique_records",
     "video_stats",
 ]
 
@@ -182,6 +183,20 @@ def report_records(response: Mapping[str, Any]) -> list[dict[str, Any]]:
     names = [str(h.get("name")) for h in response.get("columnHeaders") or ()]
     rows = response.get("rows") or ()
     return [dict(zip(names, row, strict=False)) for row in rows]
+
+
+def unique_records(records: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """``records`` with one record per ``key`` value: the LAST one wins (a later page is the fresher answer).
+
+    Analytics pages a sorted ranking with ``startIndex``; if the ranking moves between two requests a
+    video can show up on both pages. Order: first appearance.
+    """
+    by_key: dict[Any, dict[str, Any]] = {}
+    for rec in records:
+        by_key[rec.get(key)] = rec
+    if len(by_key) == len(records):
+        return records
+    return list(by_key.values())
 
 
 def post_metric_row(

@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import pg8000.exceptions
 import pytest
 from werkzeug.test import EnvironBuilder
 
@@ -267,3 +268,72 @@ def test_parse_body_names_the_bad_field(body: bytes, field: str) -> None:
     with pytest.raises(InputError) as err:
         parse_body(body, now=datetime(2026, 11, 27, tzinfo=UTC))
     assert err.value.field == field
+
+
+def test_plan_run_runs_once_before_the_accounts_and_its_result_is_ctx_allocations(cfg: Config, db_conn: Any) -> None:
+    calls: list[list[str]] = []
+    seen: dict[str, Any] = {}
+
+    def plan(ctx: RunContext, accounts: list[Account]) -> dict[str, Any]:
+        assert not seen  # before the first sync
+        calls.append([a.account_id for a in accounts])
+        return {a.account_id: {"units": i} for i, a in enumerate(accounts)}
+
+    def sync(ctx: RunContext, account: Account) -> AccountResult:
+        seen[account.account_id] = ctx.allocations.get(account.account_id)
+        return ok_sync(ctx, account)
+
+    body, status = run_http(request({"accounts": ["UCbbb", "UCaaa"]}), function="youtube_sync",
+                            platforms=("youtube",), sync_account=sync, config=cfg, plan_run=plan)
+    assert status == 200, body
+    assert calls == [["UCbbb", "UCaaa"]]
+    assert seen == {"UCbbb": {"units": 0}, "UCaaa": {"units": 1}}
+
+
+def test_a_failing_planner_leaves_every_account_to_plan_for_itself(cfg: Config, db_conn: Any) -> None:
+    def plan(ctx: RunContext, accounts: list[Account]) -> dict[str, Any]:
+        raise LoadError("cannot read the warehouse")
+
+    seen: list[dict[str, Any]] = []
+
+    def sync(ctx: RunContext, account: Account) -> AccountResult:
+        seen.append(dict(ctx.allocations))
+        return ok_sync(ctx, account)
+
+    body, status = run_http(request({}), function="youtube_sync", platforms=("youtube",), sync_account=sync,
+                            config=cfg, plan_run=plan)
+    assert status == 200 and body["status"] == "ok"
+    assert seen == [{}, {}, {}]
+
+
+@pytest.mark.parametrize("error", [
+    pg8000.exceptions.InterfaceError("network error"),
+    pg8000.exceptions.DatabaseError({"S": "FATAL", "C": "57P01", "M": "terminating connection"}),
+    ConnectionResetError(104, "Connection reset by peer"),
+])
+def test_a_raw_driver_error_is_a_retriable_load_failure(cfg: Config, db_conn: Any, error: Exception) -> None:
+    def sync(ctx: RunContext, account: Account) -> AccountResult:
+        if account.account_id == "UCbbb":
+            raise error
+        ctx.conn.run("SELECT 1")
+        return ok_sync(ctx, account)
+
+    body, status = run(cfg, sync)
+    assert status == 500  # Scheduler retries
+    rows = ledger(db_conn)
+    assert rows["UCbbb"][:2] == ["failed", "load"]
+    assert rows["UCaaa"][0] == "ok" and rows["UCccc"][0] == "ok"
+    assert {a["account_id"]: a["error_class"] for a in body["accounts"]}["UCbbb"] == "load"
+
+
+def test_finished_at_follows_the_runs_clock(cfg: Config, db_conn: Any) -> None:
+    """Under NOW_OVERRIDE (replays, tests) started_at is the run's clock; finished_at must not precede it."""
+    import dataclasses
+
+    future = dataclasses.replace(cfg, now_override="2031-05-01T12:00:00+00:00")
+    _body, status = run(future, ok_sync)
+    assert status == 200
+    rows = db_conn.run("SELECT started_at, finished_at FROM social.sync_runs")
+    assert len(rows) == 3
+    for started, finished in rows:
+        assert started.year == 2031 and finished >= started

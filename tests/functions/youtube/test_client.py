@@ -13,7 +13,7 @@ from functions.youtube import client as yc
 from functions.youtube.client import CachedTokens, QuotaBudget, YouTubeClient, classify
 from sandbox.core import FaultRule
 from shared.config import Config
-from shared.errors import FatalApiError, QuotaExceededError, RetriableApiError, TokenRejectedError
+from shared.errors import AuthError, FatalApiError, QuotaExceededError, RetriableApiError, TokenRejectedError
 from shared.tokens import TokenManager
 from shared.vault import make_vault
 
@@ -135,6 +135,58 @@ def test_planned_budget_stops_before_the_call(make_client: Callable[..., Any], s
         client.videos(["abc"])
     assert info.value.code == "planned_budget"
     assert sandbox.ledger.calls("youtube_data", "videos.list") == 0
+
+
+def test_retries_are_charged_to_the_budget_per_attempt(make_client: Callable[..., Any], sandbox: Any) -> None:
+    """A 503 then a success cost two attempts: with a 2-unit budget nothing else may go out."""
+    client, acc, _ = make_client()
+    client.budget.allow(2)
+    sandbox.faults.add(FaultRule(kind="status", emulator="youtube_data", endpoint="channels.list", status=503,
+                                 times=1))
+    assert client.channel()["id"] == acc.account_id
+    assert client.budget.units == 2 and client.budget.remaining == 0
+    with pytest.raises(QuotaExceededError) as info:
+        client.videos(["abc"])
+    assert info.value.code == "planned_budget" and info.value.endpoint == "videos.list"
+    assert client.session.counter.snapshot()["units"] == 2  # never above the budget
+    assert sandbox.ledger.calls("youtube_data", "videos.list") == 0
+
+
+def test_a_retry_the_budget_cannot_pay_for_is_not_sent(make_client: Callable[..., Any], sandbox: Any) -> None:
+    client, _acc, _ = make_client()
+    client.budget.allow(1)
+    sandbox.faults.add(FaultRule(kind="status", emulator="youtube_data", endpoint="channels.list", status=503,
+                                 times=1))
+    with pytest.raises(QuotaExceededError):
+        client.channel()
+    assert sandbox.ledger.calls("youtube_data", "channels.list") == 1  # the failed attempt only
+    assert client.budget.units == 1
+
+
+def test_analytics_ask_for_the_registered_channel_not_mine(make_client: Callable[..., Any], sandbox: Any) -> None:
+    """ids=channel==<UC...>: the sandbox accepts it for the token's own channel and refuses it for another."""
+    client, acc, _ = make_client()
+    assert client.day_series("2026-01-01", "2026-01-02") is not None
+    other = sandbox.world.accounts("youtube")[1]
+    stranger = YouTubeClient(client.config, tokens=client.tokens, credential=acc.credential,
+                             account_id=other.account_id)
+    with pytest.raises(AuthError):
+        stranger.day_series("2026-01-01", "2026-01-02")
+    assert [e.status for e in sandbox.ledger.entries("youtube_analytics", "reports.query")] == [200, 403]
+
+
+def test_insufficient_permissions_is_an_auth_error(make_client: Callable[..., Any], sandbox: Any) -> None:
+    client, _acc, _ = make_client()
+    sandbox.faults.add(FaultRule(kind="platform_error", emulator="youtube_data", endpoint="videos.list",
+                                 status=403, code="insufficientPermissions", times=None))
+    with pytest.raises(AuthError):
+        client.videos(["abc"])
+    sandbox.faults.clear()
+    sandbox.faults.add(FaultRule(kind="platform_error", emulator="youtube_data", endpoint="videos.list",
+                                 status=403, code="forbidden", times=None))
+    with pytest.raises(FatalApiError) as info:  # "forbidden" means "not yours" only on Analytics
+        client.videos(["abc"])
+    assert type(info.value) is FatalApiError
 
 
 def test_video_totals_pages_by_200_and_long_filters_go_as_post(make_client: Callable[..., Any],

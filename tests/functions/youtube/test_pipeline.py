@@ -87,32 +87,39 @@ def test_second_run_same_day_inserts_nothing(yt: Any) -> None:
 
 
 def test_tomorrow_adds_one_snapshot_per_video_and_only_new_uploads(yt: Any) -> None:
-    chans = yt.use(yt.sandbox.world.accounts("youtube")[:3])
-    assert yt.post({})[0] == 200
     sb = yt.sandbox
-    before = {a.account_id: len(visible(sb, a)) for a in chans}
+    chans = yt.use(sb.world.accounts("youtube")[:3])
+    # 21:00 UTC on the world's anchor day: "tomorrow" at the same time is after every upload of the next
+    # day (the world uploads one video per channel per day, between 01:00 and 20:00 UTC)
+    start = sb.world.anchor_dt + timedelta(hours=21)
+    sb.clock.set(start)
+    yt.set_env(NOW_OVERRIDE=start.isoformat())
+    assert yt.post({})[0] == 200
+    before = {a.account_id: {p.post_id for p in visible(sb, a)} for a in chans}
     yt.tomorrow()
     sb.ledger.reset()
     status, body = yt.post({})
     assert status == 200, body
     for acc in chans:
         now_visible = visible(sb, acc)
-        new = len(now_visible) - before[acc.account_id]
-        assert new >= 0
-        assert yt.count("social.posts", "account_id = :a", a=acc.account_id) == len(now_visible)
-        # the scan stopped at the first known video: one page
+        new_ids = {p.post_id for p in now_visible} - before[acc.account_id]
+        new = len(new_ids)
+        assert new >= 1  # at least one upload since yesterday, discovered and stored
+        stored = {r[0] for r in yt.q("SELECT post_id FROM social.posts WHERE account_id = :a", a=acc.account_id)}
+        assert new_ids <= stored and len(stored) == len(now_visible)
+        # the scan stopped at the first known video: exactly one page per channel
         assert sb.ledger.calls("youtube_data", "playlistItems.list", acc.account_id) == 1
         assert sb.ledger.calls("youtube_data", "videos.list", acc.account_id) == math.ceil(len(now_visible) / PAGE)
         snaps = yt.q("SELECT snapshot_date, count(*) FROM social.post_metrics_daily WHERE account_id = :a"
                      " GROUP BY 1 ORDER BY 1", a=acc.account_id)
         assert len(snaps) == 2
-        assert snaps[0][1] == before[acc.account_id] and snaps[1][1] == len(now_visible)
+        assert snaps[0][1] == len(before[acc.account_id]) and snaps[1][1] == len(now_visible)
         assert snaps[1][0] - snaps[0][0] == timedelta(days=1)
         res = by_account(body)[acc.account_id]
-        assert res["details"]["videos"]["new"] == new
+        assert res["details"]["videos"]["new"] == new and res["details"]["videos"]["discovered"] == new
     # day-over-day deltas are computable from the view
     deltas = yt.q("SELECT count(*) FROM social.v_post_daily_delta WHERE days_since_previous = 1")[0][0]
-    assert deltas == sum(before.values())
+    assert deltas == sum(len(b) for b in before.values())
 
 
 def test_edge_channels_zero_fifty_five_hundred_and_private_ids(yt: Any) -> None:
@@ -141,13 +148,16 @@ def test_edge_channels_zero_fifty_five_hundred_and_private_ids(yt: Any) -> None:
     assert yt.count("social.posts", "account_id = :a", a=big.account_id) == 497
     assert yt.count("social.post_metrics_daily", "account_id = :a", a=big.account_id) == 497
     assert sb.ledger.calls("youtube_data", "videos.list", big.account_id) == 10
-    # one batch of every video with consolidated days (published on or before today - 5), paged by 200
+    # batches of 400 ids (two full 200-row pages) of every video with consolidated days (published on or
+    # before today - 5): 400 + the rest
     through = sb.clock.now().date() - timedelta(days=5)  # the channel's timezone is UTC
     eligible = sum(1 for p in public if pacific_day(p.published_at) <= through)
-    assert {n for n in sb.ledger.ids_per_call("youtube_analytics", "reports.query", big.account_id) if n} == {eligible}
+    assert eligible > 400
+    assert {n for n in sb.ledger.ids_per_call("youtube_analytics", "reports.query", big.account_id) if n} == {
+        400, eligible - 400}
     with_rows = res[big.account_id]["details"]["videos"]["with_analytics"]
     video_reports = sum(1 for e in sb.ledger.entries("youtube_analytics", "reports.query", big.account_id) if e.ids)
-    assert video_reports == max(1, math.ceil(with_rows / 200) + (1 if with_rows % 200 == 0 else 0))
+    assert math.ceil(with_rows / 200) <= video_reports <= math.ceil(eligible / 200)
 
 
 def test_analytics_without_rows_still_stores_data_api_counts(yt: Any) -> None:
@@ -255,17 +265,36 @@ def test_revoked_refresh_token_needs_reauthorization_others_complete(yt: Any) ->
     assert row == ["failed", "needs_reauthorization"]
 
 
-def test_dry_run_plans_without_writing(yt: Any) -> None:
-    yt.use(yt.sandbox.world.accounts("youtube")[:2])
+def test_dry_run_plans_from_the_database_without_any_call_or_write(yt: Any) -> None:
+    sb = yt.sandbox
+    chans = yt.use(sb.world.accounts("youtube")[:2])
     status, body = yt.post({"dry_run": True})
     assert status == 200 and body["dry_run"] is True
     for a in body["accounts"]:
         plan = a["details"]["plan"]
         assert plan["data_units"] == 1 + plan["playlistItems.list"] + plan["videos.list"]
+        assert plan["estimated_from"] == "database" and plan["full_scan"] is True  # never synced: a full scan
         assert a["details"]["would_defer_videos"] == 0
+        assert a["api_calls"] == 0 and a["quota_units"] == 0
     for table in ("social.posts", "social.post_metrics_daily", "social.account_metrics_daily", "social.sync_runs"):
         assert yt.count(table) == 0
-    assert yt.sandbox.ledger.calls("youtube_data", "playlistItems.list") == 0
+    assert sb.ledger.calls() == 0  # no API call at all: no quota spent silently
+    # after a real run, the dry run's estimate is the daily plan: K known videos, one page, ceil(K/50) calls
+    assert yt.post({})[0] == 200
+    sb.ledger.reset()
+    status, body = yt.post({"dry_run": True})
+    assert status == 200 and sb.ledger.calls() == 0
+    for a, acc in zip(body["accounts"], chans, strict=True):
+        k = len(visible(sb, acc))
+        plan = a["details"]["plan"]
+        assert plan["known_videos"] == k and plan["full_scan"] is False and plan["playlistItems.list"] == 1
+        assert plan["videos.list"] == math.ceil((k + a["details"]["estimate"]["expected_new"]) / PAGE)
+    # with a 3-unit budget the estimate says what would be deferred
+    yt.set_env(YOUTUBE_DAILY_QUOTA=str(int(yt.q("SELECT sum(quota_units) FROM social.sync_runs")[0][0]) + 3))
+    status, body = yt.post({"dry_run": True, "accounts": [chans[0].account_id]})
+    assert body["accounts"][0]["details"]["budget_units"] == 3
+    assert body["accounts"][0]["details"]["would_defer_videos"] > 0
+    assert sb.ledger.calls() == 0
 
 
 def test_backfill_window_loads_channel_days_in_chunks(yt: Any) -> None:

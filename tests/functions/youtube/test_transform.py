@@ -142,3 +142,10 @@ def test_plan_is_the_theoretical_minimum(videos: int, known: int, full: bool, pa
                                          units: int) -> None:
     plan = plan_calls(videos, known, full_scan=full)
     assert (plan.playlist_calls, plan.videos_calls, plan.data_units) == (pages, video_calls, units)
+
+
+def test_unique_records_keeps_one_per_key_last_wins_in_first_order() -> None:
+    recs = [{"video": "a", "views": 1}, {"video": "b", "views": 2}, {"video": "a", "views": 3}]
+    assert transform.unique_records(recs, "video") == [{"video": "a", "views": 3}, {"video": "b", "views": 2}]
+    clean = [{"video": "a"}, {"video": "b"}]
+    assert transform.unique_records(clean, "video") is clean
