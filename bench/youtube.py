@@ -115,8 +115,8 @@ def run_size(v: int, pg_url: str, work: Path) -> dict[str, Any]:
                                    future_posts_per_day=3.0)
         dbname = f"bench_yt_{v}_{os.getpid()}"
         admin = db._connect_url(db.parse_database_url(pg_url))
-        admin.run(f"DROP DATABASE IF EXISTS {dbname}")
-        admin.run(f"CREATE DATABASE {dbname}")
+        admin.run(f"DROP DATABASE IF EXISTS {db.quote_ident(dbname)}")
+        admin.run(f"CREATE DATABASE {db.quote_ident(dbname)}")
         admin.close()
         p = db.parse_database_url(pg_url)
         url = f"postgresql://{p.user}@/{dbname}?host={p.host}&port={p.port}" if p.unix_sock else \

@@ -25,7 +25,18 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
-from sandbox.core import Emulator, FaultRule, Grant, Request, Response, Route, dispatch, json_response
+from sandbox.core import (
+    Emulator,
+    FaultRule,
+    Grant,
+    Request,
+    Response,
+    Route,
+    dispatch,
+    json_array_response,
+    json_bytes,
+    json_response,
+)
 from sandbox.world import Account, Post, first_index, unit
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
@@ -774,7 +785,7 @@ class MetaEmulator(Emulator):
         return self._cursor_range(req, values, 0, len(values), keys.__getitem__, positions, render)
 
     def _cursor_range(self, req: Request, seq: Any, lo: int, hi: int, key_at: Callable[[int], str],
-                      positions: dict[str, int], render: Callable[[Any], dict[str, Any]],
+                      positions: dict[str, int], render: Callable[[Any], Any],
                       endpoint: str | None = None, account: str | None = None) -> dict[str, Any]:
         """Cursor paging over ``seq[lo:hi]``: O(log n + page) per call (cursor key -> position by dict)."""
         limit = self._limit(req)
@@ -837,7 +848,7 @@ class MetaEmulator(Emulator):
             hi = min(hi, first_index(posts, lambda p: p.published_at < t))
         return posts, lo, max(lo, hi)
 
-    def _post_page(self, req: Request, acc: Account, endpoint: str, render: Callable[[Any], dict[str, Any]]
+    def _post_page(self, req: Request, acc: Account, endpoint: str, render: Callable[[Any], Any]
                    ) -> dict[str, Any]:
         posts, lo, hi = self._post_range(req, acc)
         return self._cursor_range(req, posts, lo, hi, lambda i: posts[i].post_id, self.sb.world.positions(acc),
@@ -848,10 +859,12 @@ class MetaEmulator(Emulator):
         assert acc is not None
         specs = self._fields(req, POST_FIELDS, ("created_time", "message", "id"), "Post")
         self._check_post_expansions(specs)
-        key = ("post", req.arg("fields"), self.sb.settings.meta_omit_zero_shares)
+        key = ("post-json", req.arg("fields"), self.sb.settings.meta_omit_zero_shares)
         now = self.sb.clock.now()
-        return json_response(self._post_page(req, acc, "page.posts", lambda p: self.per_minute(
-            (*key, p.post_id), now, lambda: self._post_obj(p, acc, specs))))
+        # each post's encoded JSON is cached per clock minute; the body is assembled from those bytes
+        out = self._post_page(req, acc, "page.posts", lambda p: self.per_minute(
+            (*key, p.post_id), now, lambda: json_bytes(self._post_obj(p, acc, specs))))
+        return json_array_response(out, "data", out["data"])
 
     def _check_post_expansions(self, specs: list[FieldSpec]) -> None:
         for s in specs:
@@ -1210,10 +1223,11 @@ class MetaEmulator(Emulator):
                 for i, metric in enumerate(requested):
                     if metric not in IG_MEDIA_METRICS:
                         raise self._media_metric_error(i)
-        key = ("media", req.arg("fields"), self.sb.settings.meta_ig_watch_time_unit)
+        key = ("media-json", req.arg("fields"), self.sb.settings.meta_ig_watch_time_unit)
         now = self.sb.clock.now()
-        return json_response(self._post_page(req, acc, "ig.media", lambda p: self.per_minute(
-            (*key, p.post_id), now, lambda: self._media_obj(p, acc, specs))))
+        out = self._post_page(req, acc, "ig.media", lambda p: self.per_minute(
+            (*key, p.post_id), now, lambda: json_bytes(self._media_obj(p, acc, specs))))
+        return json_array_response(out, "data", out["data"])
 
     @staticmethod
     def _media_types(p: Post) -> tuple[str, str]:

@@ -173,6 +173,10 @@ class World:
     def accounts(self, platform: str | None = None) -> list[Account]:
         return [a for a in self._accounts if platform is None or a.platform == platform]
 
+    def account_count(self) -> int:
+        """Accounts of every platform (they are only ever added: a cheap "did the world grow" check)."""
+        return len(self._accounts)
+
     def account(self, platform: str, account_id: str) -> Account | None:
         for a in self._accounts:
             if a.platform == platform and a.account_id == account_id:

@@ -13,12 +13,22 @@ import binascii
 import hashlib
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from sandbox.core import Emulator, FaultRule, Grant, Request, Response, json_response, repeat_cursor
+from sandbox.core import (
+    Emulator,
+    FaultRule,
+    Grant,
+    Request,
+    Response,
+    json_array_response,
+    json_bytes,
+    json_response,
+    repeat_cursor,
+)
 from sandbox.world import Account, Post, unit
 
 if TYPE_CHECKING:
@@ -104,6 +114,7 @@ class _GoogleEmulator(Emulator):
         self._index_lock = threading.Lock()
         self._video_index: dict[str, tuple[Account, Post]] = {}
         self._indexed: set[str] = set()
+        self._indexed_count = -1
 
     def error_response(self, status: int, code: int | str | None, message: str) -> Response:
         if status == 401:
@@ -140,14 +151,16 @@ class _GoogleEmulator(Emulator):
     # -- world lookups ---------------------------------------------------------------------------------
     def video(self, video_id: str) -> tuple[Account, Post] | None:
         """Global video id index (built lazily per channel, extended when tests add channels)."""
-        accounts = self.sb.world.accounts("youtube")
-        if len(self._indexed) != len(accounts):
+        world = self.sb.world
+        n = world.account_count()  # accounts are only ever added: re-scan when the count moves
+        if n != self._indexed_count:
             with self._index_lock:
-                for acc in accounts:
+                for acc in world.accounts("youtube"):
                     if acc.account_id not in self._indexed:
-                        for p in self.sb.world.all_posts(acc):
+                        for p in world.all_posts(acc):
                             self._video_index[p.post_id] = (acc, p)
                         self._indexed.add(acc.account_id)
+                self._indexed_count = n
         return self._video_index.get(video_id)
 
 
@@ -173,6 +186,10 @@ class YouTubeDataEmulator(_GoogleEmulator):
         self._stats_cache: dict[tuple[str, int], tuple[int, int]] = {}
         self._static: dict[str, dict[str, Any]] = {}  # video id -> time-independent resource parts
         self._video_stats_cache: dict[str, tuple[int, dict[str, str]]] = {}  # video id -> (minute, statistics)
+        # (video id, parts) -> (minute, statistics it embeds, encoded item): videos.list assembles bytes
+        self._video_json: dict[tuple[str, frozenset[str]], tuple[int, dict[str, str] | None, bytes]] = {}
+        # (playlist id, video id, position, parts) -> encoded playlistItem (time-independent)
+        self._playlist_item_json: dict[tuple[str, str, int, frozenset[str]], bytes] = {}
         for prefix in ("/youtube/v3", ""):
             self.route("GET", prefix + r"/channels", "channels.list", self._channels)
             self.route("GET", prefix + r"/playlistItems", "playlistItems.list", self._playlist_items)
@@ -183,6 +200,8 @@ class YouTubeDataEmulator(_GoogleEmulator):
             self._quota_used.clear()
         self._stats_cache.clear()
         self._video_stats_cache.clear()
+        self._video_json.clear()
+        self._playlist_item_json.clear()
 
     def quota_used(self, day: date | None = None) -> int:
         """Units spent on the Pacific-time day ``day`` (default: today on the sandbox clock)."""
@@ -378,9 +397,16 @@ class YouTubeDataEmulator(_GoogleEmulator):
             body["nextPageToken"] = _encode_token(total - end)
         if start > 0:
             body["prevPageToken"] = _encode_token(total - max(0, start - max_results))
-        body["items"] = [self._playlist_item(acc, p, start + k, parts, playlist_id or "") for k, p in enumerate(page)]
-        body["pageInfo"] = {"totalResults": total, "resultsPerPage": max_results}
-        return self._render(req, body)
+        page_info = {"totalResults": total, "resultsPerPage": max_results}
+        if req.arg("fields"):
+            body["items"] = [self._playlist_item(acc, p, start + k, parts, playlist_id or "")
+                             for k, p in enumerate(page)]
+            body["pageInfo"] = page_info
+            return self._render(req, body)
+        body["items"] = None
+        body["pageInfo"] = page_info
+        return json_array_response(body, "items", [
+            self._playlist_item_bytes(acc, p, start + k, parts, playlist_id or "") for k, p in enumerate(page)])
 
     def _uploads_owner(self, playlist_id: str) -> Account | None:
         if not playlist_id.startswith("UU"):
@@ -389,6 +415,18 @@ class YouTubeDataEmulator(_GoogleEmulator):
         if acc is not None and acc.extra.get("uploads_playlist") == playlist_id:
             return acc
         return None
+
+    def _playlist_item_bytes(self, acc: Account, p: Post, position: int, parts: list[str], playlist_id: str
+                             ) -> bytes:
+        """``json_bytes(_playlist_item(...))``, cached (an item depends on nothing that moves)."""
+        key = (playlist_id, p.post_id, position, frozenset(parts))
+        hit = self._playlist_item_json.get(key)
+        if hit is None:
+            if len(self._playlist_item_json) > 100_000:
+                self._playlist_item_json.clear()
+            hit = self._playlist_item_json[key] = json_bytes(self._playlist_item(acc, p, position, parts,
+                                                                                   playlist_id))
+        return hit
 
     def _playlist_item(self, acc: Account, p: Post, position: int, parts: list[str], playlist_id: str
                        ) -> dict[str, Any]:
@@ -439,7 +477,9 @@ class YouTubeDataEmulator(_GoogleEmulator):
             return google_error(400, "The request specifies an invalid filter parameter.", "invalidFilters",
                                 "youtube.parameter", location="parameters.", location_type="other")
         now = self.sb.clock.now()
-        items = []
+        items: list[Any] = []
+        raw_items = not req.arg("fields")  # no partial response: assemble the body from cached item bytes
+        part_set = frozenset(parts)
         seen: set[str] = set()
         for vid in ids:  # maxResults / pageToken are ignored with id (contract §3.1)
             if vid in seen:
@@ -455,12 +495,30 @@ class YouTubeDataEmulator(_GoogleEmulator):
                 continue  # private / deleted: silently omitted [U]
             if req.account is None:
                 req.account = acc.account_id  # API-key calls own no channel: attribute to the videos' owner
-            items.append(self._video_item(acc, p, parts, now))
+            items.append(self._video_item_bytes(acc, p, part_set, now) if raw_items
+                         else self._video_item(acc, p, parts, now))
         body = {"kind": "youtube#videoListResponse", "etag": etag("videos", ids, int(now.timestamp() // 60)),
                 "items": items, "pageInfo": {"totalResults": len(items), "resultsPerPage": len(items)}}
+        if raw_items:
+            return json_array_response(body, "items", items)
         return self._render(req, body)
 
-    def _video_item(self, acc: Account, p: Post, parts: list[str], now: datetime) -> dict[str, Any]:
+    def _video_item_bytes(self, acc: Account, p: Post, parts: frozenset[str], now: datetime) -> bytes:
+        """``json_bytes(_video_item(...))``, cached per (video, parts) for the clock minute and the very
+        statistics object it embeds (so it is rebuilt exactly when ``_video_item`` would change)."""
+        minute = int(now.timestamp() // 60)
+        stats = self._video_stats(p, now, minute) if "statistics" in parts and not p.private else None
+        key = (p.post_id, parts)
+        hit = self._video_json.get(key)
+        if hit is not None and hit[0] == minute and hit[1] is stats:
+            return hit[2]
+        if len(self._video_json) > 100_000:
+            self._video_json.clear()
+        data = json_bytes(self._video_item(acc, p, parts, now))
+        self._video_json[key] = (minute, stats, data)
+        return data
+
+    def _video_item(self, acc: Account, p: Post, parts: Collection[str], now: datetime) -> dict[str, Any]:
         static = self._static_video(acc, p)
         minute = int(now.timestamp() // 60)
         item: dict[str, Any] = {"kind": "youtube#video", "etag": f"{static['etag']}{minute:x}", "id": p.post_id}

@@ -47,7 +47,7 @@ TIKTOK_TOKEN_REJECTED_CODES = frozenset({40102, 40105})
 #: Meta ``error.code`` in a 4xx body (normally 400): 190 invalid/expired token, 102 API session (§2.3)
 META_TOKEN_REJECTED_CODES = frozenset({190, 102})
 #: Google JSON error of an HTTP 401: ``error.errors[].reason`` / ``error.status`` (§3.1)
-GOOGLE_TOKEN_REJECTED_REASONS = frozenset({"authError"})
+GOOGLE_TOKEN_REJECTED_REASONS = frozenset({"authError", "expired", "invalidCredentials"})
 GOOGLE_TOKEN_REJECTED_STATUSES = frozenset({"UNAUTHENTICATED"})
 #: account platform (or provider) -> token provider whose table applies
 PLATFORM_PROVIDER = {"tiktok": "tiktok", "facebook": "meta", "instagram": "meta", "meta": "meta",

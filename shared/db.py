@@ -328,6 +328,10 @@ def _tx_status(conn: pg8000.native.Connection) -> bytes | None:
     return getattr(conn, "_transaction_status", None)
 
 
+#: what a dropped connection can raise: pg8000 errors, or a plain socket error that pg8000 lets through
+_CONNECTION_ERRORS = (DriverError, ConnectionError)
+
+
 @contextmanager
 def transaction(conn: pg8000.native.Connection) -> Iterator[pg8000.native.Connection]:
     """BEGIN ... COMMIT, ROLLBACK on any error; nested use becomes a SAVEPOINT.
@@ -342,7 +346,7 @@ def transaction(conn: pg8000.native.Connection) -> Iterator[pg8000.native.Connec
     sp = f"sde_sp_{next(_savepoint_ids)}" if nested else ""
     try:
         conn.run(f"SAVEPOINT {sp}" if nested else "BEGIN")
-    except DriverError as exc:
+    except _CONNECTION_ERRORS as exc:
         raise _load_error("transaction: cannot start", exc) from exc
     try:
         yield conn
@@ -355,12 +359,12 @@ def transaction(conn: pg8000.native.Connection) -> Iterator[pg8000.native.Connec
                 conn.run("ROLLBACK")
         except (DriverError, OSError):
             log.warning("rollback failed after %s; the connection is unusable", type(exc).__name__)
-        if isinstance(exc, DriverError):
+        if isinstance(exc, _CONNECTION_ERRORS):
             raise _load_error("transaction rolled back", exc) from exc
         raise
     try:
         conn.run(f"RELEASE SAVEPOINT {sp}" if nested else "COMMIT")
-    except DriverError as exc:
+    except _CONNECTION_ERRORS as exc:
         raise _load_error("transaction: commit failed", exc) from exc
 
 

@@ -259,6 +259,11 @@ def configure_logging(level: str | int = "INFO", stream: IO[str] | None = None) 
     return handler
 
 
+def set_level(level: str) -> None:
+    """Apply a validated level name (``Config.log_level``) to the root logger for this invocation."""
+    logging.getLogger().setLevel(level.upper())
+
+
 def get_logger(name: str) -> logging.Logger:
     """``logging.getLogger(name)``; here so modules need one import for logging concerns."""
     return logging.getLogger(name)

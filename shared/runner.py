@@ -26,7 +26,7 @@ from pg8000.exceptions import Error as DriverError
 from shared import db
 from shared.config import Config
 from shared.errors import InputError, LoadError, QuotaExceededError, SDEError
-from shared.logs import log_context, redact
+from shared.logs import log_context, redact, set_level
 from shared.registry import Account, active_accounts, load_registry, sync_registry
 from shared.timewindow import DateRange, parse_date
 
@@ -255,6 +255,7 @@ def run_http(
 
     def handle(run_id: str, trigger: str) -> tuple[dict[str, Any], int]:
         cfg = config or Config.from_env()
+        set_level(cfg.log_level)
         now = cfg.now()
         sync = parse_body(request.get_data(cache=True) or b"", now=now, extra_fields=extra_fields)
         ctx = RunContext(
@@ -431,7 +432,7 @@ def record_row(conn: Any, *, run_id: str, function: str, platform: str, account_
             ws=window_start, we=window_end, started_at=started_at, finished_at=finished_at, status=status,
             outcome=outcome,
             calls=api_calls, units=quota_units, ins=rows_inserted, upd=rows_updated, unch=rows_unchanged,
-            ecls=error_class, emsg=(error_message or "")[:2000] or None,
+            ecls=error_class, emsg=redact(error_message or "")[:2000] or None,
             details=json.dumps(dict(details or {}), default=str),
         )
 

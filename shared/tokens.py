@@ -689,7 +689,7 @@ class _CredentialLock:
         except Exception as exc:
             raise VaultError(f"{self.credential}: cannot open the lock connection: {type(exc).__name__}") from exc
         try:
-            conn.run(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+            conn.run("SELECT set_config('lock_timeout', :v, false)", v=LOCK_TIMEOUT)
             conn.run("SELECT pg_advisory_lock(:k)", k=self.key)
         except Exception as exc:
             self.manager._release(conn)

@@ -20,7 +20,7 @@ from functions.token_refresh import settings
 from shared import db
 from shared.config import Config
 from shared.errors import InputError, SDEError, VaultError
-from shared.logs import log_context
+from shared.logs import log_context, set_level
 from shared.registry import Account, load_registry
 from shared.runner import mirror_registry, read_body, read_names, record_row, serve_http
 from shared.tokens import RefreshOutcome, TokenManager
@@ -132,6 +132,7 @@ def handle(request: Any, config: Config | None = None) -> tuple[dict[str, Any], 
 
     def work(run_id: str, trigger: str) -> tuple[dict[str, Any], int]:
         cfg = config or Config.from_env()
+        set_level(cfg.log_level)
         req = parse_body(request.get_data(cache=True) or b"")
         conn = db.connect(cfg)
         try:

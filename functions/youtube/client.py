@@ -20,9 +20,9 @@ import requests
 
 from functions.youtube import settings
 from functions.youtube.transform import VideoRef, playlist_refs, report_records, unique_records
-from shared.auth import call_with_token
+from shared.auth import call_with_token, raise_if_token_rejected
 from shared.config import Config
-from shared.errors import AuthError, FatalApiError, QuotaExceededError, RetriableApiError, TokenRejectedError
+from shared.errors import AuthError, FatalApiError, QuotaExceededError, RetriableApiError
 from shared.http import ApiSession, CallCounter, shared_transport
 from shared.pagination import paginate_page_token
 
@@ -74,8 +74,7 @@ def classify(response: requests.Response) -> Any:
     what = f"reason {', '.join(reasons)}" if reasons else f"HTTP {status}"
     if settings.QUOTA_REASONS.intersection(reasons):
         raise QuotaExceededError("daily Data API quota exhausted; remaining work deferred to tomorrow", **kw)
-    if status == 401 or settings.TOKEN_REASONS.intersection(reasons):
-        raise TokenRejectedError(f"access token rejected ({what})", **kw)
+    raise_if_token_rejected(settings.PLATFORM, response)  # the shared table: 401 authError & co
     if settings.RETRIABLE_REASONS.intersection(reasons) or status in settings.RETRIABLE_STATUSES:
         raise RetriableApiError(f"transient error ({what})", **kw)
     raise FatalApiError(f"request refused ({what})", **kw)

@@ -56,8 +56,7 @@ QUOTA_REASONS = frozenset({"quotaExceeded", "dailyLimitExceeded"})
 #: transient throttles and backend hiccups: retried with backoff
 RETRIABLE_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "backendError", "internalError",
                                "RATE_LIMIT_EXCEEDED"})
-#: the access token was rejected: refresh once, retry once (a 401 always is, whatever the reason)
-TOKEN_REASONS = frozenset({"authError", "expired", "invalidCredentials"})
+#: (a rejected access token, 401 authError & co, is classified by shared.auth's table: refresh once, retry once)
 RETRIABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: 403 reasons meaning "this credential may not read this channel": a human must re-authorize it
 #: (missing scope, or consent given for another channel)

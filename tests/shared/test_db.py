@@ -556,3 +556,10 @@ def test_views(db_conn: pg8000.native.Connection) -> None:
     daily = db_conn.run("SELECT account_id, brand, account_name, views FROM social.v_account_daily "
                         "ORDER BY account_id")
     assert daily == [["UCabc", "Acme", "Canal", 9], ["UCzzz", None, None, 1]]
+
+
+def test_a_socket_error_inside_a_transaction_is_a_retriable_load_error(db_conn: pg8000.native.Connection) -> None:
+    """pg8000 sometimes lets a plain ConnectionResetError through when the server drops the socket."""
+    with pytest.raises(LoadError) as err, db.transaction(db_conn):
+        raise ConnectionResetError("connection reset by peer")
+    assert err.value.retriable and isinstance(err.value.__cause__, ConnectionResetError)

@@ -6,7 +6,9 @@ test (the runner's contract is "call it, isolate its failures, record what it sa
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -18,6 +20,7 @@ from werkzeug.test import EnvironBuilder
 
 from shared.config import Config
 from shared.errors import AuthError, InputError, LoadError, QuotaExceededError, RetriableApiError
+from shared.logs import register_secret
 from shared.registry import Account
 from shared.runner import AccountResult, RunContext, parse_body, run_http, trigger_of
 
@@ -337,3 +340,28 @@ def test_finished_at_follows_the_runs_clock(cfg: Config, db_conn: Any) -> None:
     assert len(rows) == 3
     for started, finished in rows:
         assert started.year == 2031 and finished >= started
+
+
+def test_a_registered_secret_never_reaches_the_ledger_or_the_response(cfg: Config, db_conn: Any) -> None:
+    """Exception texts are redacted before they are stored in social.sync_runs or returned."""
+    secret = "sbx-secret-token-0123456789abcdef"
+    register_secret(secret)
+
+    def leaky(ctx: RunContext, account: Account) -> AccountResult:
+        raise RetriableApiError(f"upstream echoed {secret}", platform="youtube", status=502)
+
+    body, status = run(cfg, leaky)
+    assert status == 500 and secret not in json.dumps(body)
+    stored = db_conn.run("SELECT error_message FROM social.sync_runs WHERE run_id = :r", r=body["run_id"])
+    assert stored and all(secret not in (m or "") and "[REDACTED]" in (m or "") for (m,) in stored)
+
+
+def test_log_level_setting_applies_to_the_invocation(cfg: Config) -> None:
+    root = logging.getLogger()
+    before = root.level
+    try:
+        quiet = dataclasses.replace(cfg, log_level="ERROR")
+        run(quiet, ok_sync)
+        assert root.level == logging.ERROR
+    finally:
+        root.setLevel(before)
