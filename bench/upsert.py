@@ -153,7 +153,7 @@ def in_child(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _conn(url: str):
+def _conn(url: str) -> Any:  # pg8000.native.Connection
     return db.connect(Config.from_env({"DATABASE_URL": url}))
 
 

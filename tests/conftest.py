@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ pytest_plugins = ["tests.fixtures.db", "tests.fixtures.sandbox"]
 
 
 @pytest.fixture
-def make_config(request: pytest.FixtureRequest, tmp_path) -> Callable[..., Config]:
+def make_config(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Config]:
     """Config built through Config.from_env from the test's database and (if requested) sandbox."""
 
     def _make(**overrides: Any) -> Config:

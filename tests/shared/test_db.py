@@ -9,7 +9,9 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pg8000.native
 import pytest
@@ -19,6 +21,8 @@ from shared import db
 from shared.config import REPO_ROOT, Config
 from shared.errors import ConfigError, LoadError
 from tests.fixtures.db import admin_connection, database_url_for
+
+Conn = pg8000.native.Connection
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 11, 20, 12, 0, 0, 123_456, tzinfo=UTC)
@@ -186,12 +190,12 @@ def test_large_batch_streams_in_chunks(db_conn: pg8000.native.Connection) -> Non
 
 
 @pytest.fixture
-def seeded(db_conn: pg8000.native.Connection) -> list:
+def seeded(db_conn: pg8000.native.Connection) -> list[Any]:
     db.upsert(db_conn, "social.post_metrics_daily", [metric(i) for i in range(100)], METRIC_KEY)
     return snapshot(db_conn, "social.post_metrics_daily")
 
 
-def test_server_side_failure_mid_batch_leaves_table_unchanged(db_conn, seeded) -> None:
+def test_server_side_failure_mid_batch_leaves_table_unchanged(db_conn: Conn, seeded: list[Any]) -> None:
     rows = [metric(i, views=i + 7) for i in range(10_000)]
     rows[5_000]["account_id"] = None  # NOT NULL violation, found by the server in the merge
     with pytest.raises(LoadError) as err, db.transaction(db_conn):
@@ -201,7 +205,7 @@ def test_server_side_failure_mid_batch_leaves_table_unchanged(db_conn, seeded) -
     assert snapshot(db_conn, "social.post_metrics_daily") == seeded
 
 
-def test_client_side_failure_mid_stream_leaves_table_unchanged_and_tx_usable(db_conn, seeded) -> None:
+def test_client_side_failure_mid_stream_leaves_table_unchanged_and_tx_usable(db_conn: Conn, seeded: list[Any]) -> None:
     rows = [metric(i, views=i + 7) for i in range(10_000)]
     rows[5_000]["views"] = "not a number"
     with db.transaction(db_conn):
@@ -223,7 +227,9 @@ def test_client_side_failure_mid_stream_leaves_table_unchanged_and_tx_usable(db_
         ({"comments": True}, "column 'comments'"),
     ],
 )
-def test_bad_values_are_value_errors_naming_the_column(db_conn, seeded, bad, message) -> None:
+def test_bad_values_are_value_errors_naming_the_column(
+    db_conn: Conn, seeded: list[Any], bad: Any, message: str
+) -> None:
     rows = [metric(i) for i in range(300)]
     rows[200].update(bad)
     with pytest.raises(ValueError, match=message):
@@ -231,7 +237,7 @@ def test_bad_values_are_value_errors_naming_the_column(db_conn, seeded, bad, mes
     assert snapshot(db_conn, "social.post_metrics_daily") == seeded
 
 
-def test_rows_must_share_keys_and_columns_must_exist(db_conn, seeded) -> None:
+def test_rows_must_share_keys_and_columns_must_exist(db_conn: Conn, seeded: list[Any]) -> None:
     rows = [metric(i) for i in range(10)]
     del rows[7]["likes"]
     with pytest.raises(ValueError, match="row 8"):
@@ -249,7 +255,7 @@ def test_rows_must_share_keys_and_columns_must_exist(db_conn, seeded) -> None:
     assert snapshot(db_conn, "social.post_metrics_daily") == seeded
 
 
-def test_check_constraint_violation_is_load_error(db_conn) -> None:
+def test_check_constraint_violation_is_load_error(db_conn: pg8000.native.Connection) -> None:
     with pytest.raises(LoadError, match="23514"):
         db.upsert(db_conn, "social.posts", [post(1, platform="twitter")], POST_KEY)
     assert db_conn.run("SELECT count(*) FROM social.posts") == [[0]]
@@ -325,7 +331,7 @@ def test_transaction_commit_rollback_and_nesting(db_conn: pg8000.native.Connecti
 
 
 @pytest.fixture
-def empty_database_url(pg_server: str):
+def empty_database_url(pg_server: str) -> Iterator[str]:
     """A database with nothing in it (no template): for migration tests."""
     name = f"empty_{uuid.uuid4().hex[:12]}"
     admin = admin_connection(pg_server)
@@ -463,12 +469,12 @@ def test_connect_error_is_load_error_without_password(database_url: str) -> None
     assert "hunter2secret" not in str(err.value)
 
 
-def test_connect_selects_cloud_sql_connector(monkeypatch, database_url: str) -> None:
+def test_connect_selects_cloud_sql_connector(monkeypatch: pytest.MonkeyPatch, database_url: str) -> None:
     """MOCKED: the Cloud SQL connector needs Google credentials and a real instance, so only the branch
     selection is tested; the stand-in returns a real connection to the test database."""
     calls = []
 
-    def fake(instance: str, user: str, database: str, iam: bool):
+    def fake(instance: str, user: str, database: str, iam: bool) -> Any:
         calls.append((instance, user, database, iam))
         return db._connect_url(db.parse_database_url(database_url))
 

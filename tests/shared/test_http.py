@@ -519,7 +519,9 @@ def _assert_no_token(text: str) -> None:
     assert "secretTOKEN" not in text
 
 
-def test_failing_request_never_leaks_the_token(server: Server, json_logs: io.StringIO, caplog) -> None:
+def test_failing_request_never_leaks_the_token(
+    server: Server, json_logs: io.StringIO, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     server.script(status(500), Action("reset"), Action("close"))
     session, _ = make_session(retries=2)

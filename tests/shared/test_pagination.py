@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -31,7 +31,7 @@ from shared.pagination import (
 # --- TikTok-style cursor ---------------------------------------------------------------------------------
 
 
-def tiktok_pages(pages: list[dict[str, Any]]):
+def tiktok_pages(pages: list[dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
     calls: list[Any] = []
 
     def fetch(cursor: Any) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def tiktok_pages(pages: list[dict[str, Any]]):
     return fetch, calls
 
 
-def tiktok(fetch, max_pages: int = 10) -> Iterator[Any]:
+def tiktok(fetch: Callable[[Any], dict[str, Any]], max_pages: int = 10) -> Iterator[Any]:
     return paginate_cursor(
         fetch,
         get_items=lambda p: p["data"]["videos"],

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -182,14 +183,14 @@ def test_empty_file_is_an_empty_registry(tmp_path: Path) -> None:
 # --- database -------------------------------------------------------------------------------------
 
 
-def _table(conn) -> dict[tuple[str, str], tuple]:
+def _table(conn: Any) -> dict[tuple[str, str], tuple[Any, ...]]:
     rows = conn.run(
         "SELECT platform, account_id, name, brand, timezone, secret, active, metadata, updated_at FROM social.accounts"
     )
     return {(r[0], r[1]): tuple(r[2:]) for r in rows}
 
 
-def test_sync_registry_is_idempotent_and_deactivates_removed_accounts(db_conn, tmp_path: Path) -> None:
+def test_sync_registry_is_idempotent_and_deactivates_removed_accounts(db_conn: Any, tmp_path: Path) -> None:
     accounts = load_registry(write(tmp_path, GOOD))
     first = sync_registry(db_conn, accounts)
     assert first == {"inserted": 3, "updated": 0, "unchanged": 0, "deactivated": 0}
@@ -228,14 +229,14 @@ def test_sync_registry_is_idempotent_and_deactivates_removed_accounts(db_conn, t
     assert _table(db_conn)[("tiktok", tt.account_id)][4] is True
 
 
-def test_sync_empty_registry_deactivates_everything(db_conn, tmp_path: Path) -> None:
+def test_sync_empty_registry_deactivates_everything(db_conn: Any, tmp_path: Path) -> None:
     sync_registry(db_conn, load_registry(write(tmp_path, GOOD)))
     result = sync_registry(db_conn, [])
     assert result == {"inserted": 0, "updated": 0, "unchanged": 0, "deactivated": 2}  # one was already inactive
     assert not any(row[4] for row in _table(db_conn).values())
 
 
-def test_active_accounts(db_conn, tmp_path: Path) -> None:
+def test_active_accounts(db_conn: Any, tmp_path: Path) -> None:
     text = GOOD + (
         '\n[[accounts]]\nplatform="tiktok"\naccount_id="7000000000000000000"\nname="a"\nbrand="b"\nsecret="s"\n'
     )
@@ -257,7 +258,7 @@ def test_active_accounts(db_conn, tmp_path: Path) -> None:
     assert [a.account_id for a in only] == ["7000000000000000001"]
 
 
-def test_active_accounts_only_with_unknown_or_inactive_ids_is_an_input_error(db_conn, tmp_path: Path) -> None:
+def test_active_accounts_only_with_unknown_or_inactive_ids_is_an_input_error(db_conn: Any, tmp_path: Path) -> None:
     sync_registry(db_conn, load_registry(write(tmp_path, GOOD)))
     with pytest.raises(InputError) as info:
         active_accounts(db_conn, "facebook", only=["100000000000001", "nope"])
