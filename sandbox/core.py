@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import email.parser
+import http.client
 import json
 import random
 import re
@@ -22,8 +24,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import Message
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
@@ -421,6 +424,8 @@ class Faults:
 
     def take(self, emulator: str, endpoint: str, account: str | None, kinds: Iterable[str]) -> FaultRule | None:
         """Return (and consume one shot of) the first rule of ``kinds`` matching this request."""
+        if not self._rules:  # the common case: no fault injected, no lock (a list read is atomic)
+            return None
         kinds = tuple(kinds)
         with self._lock:
             for rule in self._rules:
@@ -546,36 +551,177 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", port), _Handler)
 
 
+_HEADER_LINE = re.compile(rb"[!-9;-~]+:[^\r\n]*\r?\n")  # "Name: value" + CRLF/LF, nothing unusual
+_MAX_LINE = 65536  # http.client._MAXLINE
+_MAX_HEADERS = 100  # http.client._MAXHEADERS
+
+
+def _parse_headers(rfile: Any) -> Message:
+    """``http.client.parse_headers(rfile)`` (the same ``Message``: headers, values, empty payload),
+    without the email feed parser for ordinary header blocks (one ``Name: value`` per line); anything
+    unusual (folded lines, stray CR, odd names, no colon) is parsed by the stdlib parser itself."""
+    lines: list[bytes] = []
+    plain = True
+    match = _HEADER_LINE.fullmatch
+    while True:
+        line = rfile.readline(_MAX_LINE + 1)
+        if len(line) > _MAX_LINE:
+            raise http.client.LineTooLong("header line")
+        lines.append(line)
+        if len(lines) > _MAX_HEADERS:
+            raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
+        if line in (b"\r\n", b"\n", b""):
+            break
+        if plain and match(line) is None:
+            plain = False
+    if not plain:
+        return email.parser.Parser(_class=Message).parsestr(b"".join(lines).decode("iso-8859-1"))
+    msg = Message()
+    items = []
+    for line in lines[:-1]:
+        name, _, value = line.decode("iso-8859-1").partition(":")
+        items.append((name, value.lstrip(" \t").rstrip("\r\n")))
+    msg._headers = items
+    msg.set_payload("")
+    return msg
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # headers and body go out in separate writes: without TCP_NODELAY, Nagle + delayed ACK add ~40 ms
     # to every keep-alive response
     disable_nagle_algorithm = True
     server: _Server
+    _date: ClassVar[tuple[int, str]] = (-1, "")  # (epoch second, its Date value), shared by every handler
+    # raw request target -> (path, query string, parsed query), shared by every handler
+    _query_cache: ClassVar[dict[str, tuple[str, str, dict[str, list[str]]]]] = {}
 
     def log_message(self, format: str, *args: Any) -> None:  # silence stderr access log
         return
 
-    def _dispatch(self) -> None:
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        return
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The stdlib's ``Date`` value, formatted once per second (``formatdate`` drops sub-seconds)."""
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        now = time.time()
+        sec = int(now)
+        cached = _Handler._date
+        if cached[0] == sec:
+            return cached[1]
+        value = super().date_time_string(sec)
+        _Handler._date = (sec, value)
+        return value
+
+    def parse_request(self) -> bool:
+        """``BaseHTTPRequestHandler.parse_request`` of Python 3.11 (same checks, errors and keep-alive
+        rules), with ``_parse_headers`` in place of ``http.client.parse_headers``."""
+        self.command = None  # type: ignore[assignment]  # set in case of error on the first line
+        self.request_version = version = self.default_request_version
+        self.close_connection = True
+        requestline = str(self.raw_requestline, "iso-8859-1")
+        requestline = requestline.rstrip("\r\n")
+        self.requestline = requestline
+        words = requestline.split()
+        if len(words) == 0:
+            return False
+
+        if len(words) >= 3:  # Enough to determine protocol version
+            version = words[-1]
+            try:
+                if not version.startswith("HTTP/"):
+                    raise ValueError
+                base_version_number = version.split("/", 1)[1]
+                version_parts = base_version_number.split(".")
+                if len(version_parts) != 2:
+                    raise ValueError
+                if any(not component.isdigit() for component in version_parts):
+                    raise ValueError("non digit in http version")
+                if any(len(component) > 10 for component in version_parts):
+                    raise ValueError("unreasonable length http version")
+                version_number = int(version_parts[0]), int(version_parts[1])
+            except (ValueError, IndexError):
+                self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request version ({version!r})")
+                return False
+            if version_number >= (1, 1) and self.protocol_version >= "HTTP/1.1":
+                self.close_connection = False
+            if version_number >= (2, 0):
+                self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
+                                f"Invalid HTTP version ({base_version_number})")
+                return False
+            self.request_version = version
+
+        if not 2 <= len(words) <= 3:
+            self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request syntax ({requestline!r})")
+            return False
+        command, path = words[:2]
+        if len(words) == 2:
+            self.close_connection = True
+            if command != "GET":
+                self.send_error(HTTPStatus.BAD_REQUEST, f"Bad HTTP/0.9 request type ({command!r})")
+                return False
+        self.command, self.path = command, path
+
+        # gh-87389: a path starting with '//' is reduced to a single '/'
+        if self.path.startswith("//"):
+            self.path = "/" + self.path.lstrip("/")
+
+        # Examine the headers and look for a Connection directive.
         try:
-            length = max(0, int(self.headers.get("Content-Length") or 0))
+            self.headers = _parse_headers(self.rfile)
+        except http.client.LineTooLong as err:
+            self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Line too long", str(err))
+            return False
+        except http.client.HTTPException as err:
+            self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers", str(err))
+            return False
+
+        conntype = self.headers.get("Connection", "")
+        if conntype.lower() == "close":
+            self.close_connection = True
+        elif conntype.lower() == "keep-alive" and self.protocol_version >= "HTTP/1.1":
+            self.close_connection = False
+        # Examine the headers and look for an Expect directive
+        expect = self.headers.get("Expect", "")
+        return not (expect.lower() == "100-continue" and self.protocol_version >= "HTTP/1.1"
+                    and self.request_version >= "HTTP/1.1" and not self.handle_expect_100())
+
+    def _split_target(self) -> tuple[str, str, dict[str, list[str]]]:
+        """(path, query string, parsed query) of the request target; parsed once per distinct target
+        (clients repeat the same URLs), handed out as a fresh copy."""
+        raw = self.path
+        hit = self._query_cache.get(raw)
+        if hit is None:
+            parts = urlsplit(raw)
+            hit = (parts.path, parts.query, parse_qs(parts.query, keep_blank_values=True))
+            if len(self._query_cache) >= 4096:
+                self._query_cache.clear()
+            self._query_cache[raw] = hit
+        return hit[0], hit[1], {k: list(v) for k, v in hit[2].items()}
+
+    def _dispatch(self) -> None:
+        headers = self.headers
+        try:
+            length = max(0, int(headers.get("Content-Length") or 0))
         except ValueError:
             self._send(json_response({"error": {"code": 400, "message": "invalid Content-Length"}}, 400))
             self.close_connection = True
             return
         body = self.rfile.read(length) if length else b""
-        parts = urlsplit(self.path)
+        path, query_string, query = self._split_target()
         method = self.command
-        override = self.headers.get("X-HTTP-Method-Override")
+        override = headers.get("X-HTTP-Method-Override")
         if method == "POST" and override:
             # google-api-python-client turns long GETs into POST + override, with the query in the body
             method = override.upper()
-            if self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded") and body:
+            if headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded") and body:
                 extra = body.decode()
-                query_string = f"{parts.query}&{extra}" if parts.query else extra
-                parts = parts._replace(query=query_string)
+                query_string = f"{query_string}&{extra}" if query_string else extra
+                query = parse_qs(query_string, keep_blank_values=True)
                 body = b""
-        req = Request(method, parts.path, parse_qs(parts.query, keep_blank_values=True), self.headers, body)
+        req = Request(method, path, query, headers, body)
         try:
             resp = self.server.sandbox.handle(self.server.emulator, req)
         except Exception as exc:  # last resort: dispatch itself failed; still answer with JSON
@@ -597,17 +743,37 @@ class _Handler(BaseHTTPRequestHandler):
         if resp.action == "truncate":
             body = body[: max(1, len(body) // 2)]
             self.close_connection = True
-        self.send_response(resp.status)
+        if self.request_version == "HTTP/0.9":  # the stdlib's own path (sends no status line nor headers)
+            self.send_response(resp.status)
+            for k, v in resp.headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(declared))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self._headers_buffer.append(b"\r\n")
+            self._headers_buffer.append(body)
+            with contextlib.suppress(OSError):
+                self.flush_headers()
+            return
+        # what send_response() + send_header()s + end_headers() + write(body) put on the wire, in one write
+        code = resp.status
+        reason = self.responses[code][0] if code in self.responses else ""
+        head = ["%s %d %s\r\n" % (self.protocol_version, code, reason),  # noqa: UP031 (the stdlib's format)
+                f"Server: {self.version_string()}\r\nDate: {self.date_time_string()}\r\n"]
         for k, v in resp.headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(declared))
+            head.append(f"{k}: {v}\r\n")
+            if k.lower() == "connection":
+                if v.lower() == "close":
+                    self.close_connection = True
+                elif v.lower() == "keep-alive":
+                    self.close_connection = False
+        head.append(f"Content-Length: {declared}\r\n")
         if self.close_connection:
-            self.send_header("Connection", "close")
-        # one write for status line, headers and body (end_headers() + wfile.write() = two syscalls)
-        self._headers_buffer.append(b"\r\n")
-        self._headers_buffer.append(body)
+            head.append("Connection: close\r\n")
+        head.append("\r\n")
+        self._headers_buffer = []
         with contextlib.suppress(OSError):
-            self.flush_headers()
+            self.wfile.write("".join(head).encode("latin-1", "strict") + body)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
 
