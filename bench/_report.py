@@ -25,6 +25,7 @@ result files in `bench/results/` (`python -m bench._report`).
 | hash-join scaling 10k -> 1M rows | time per row flat within 2x | [joins](#joins) |
 | YouTube sync | calls = formula; < 200 MB at 50k videos; cost/video flat (2x) | [youtube](#youtube) |
 | sandbox throughput | >= 1,000 requests/s on loopback | [sandbox_rps](#sandbox_rps) |
+| sandbox at 100k posts/account | generation cost; per-page latency flat | [sandbox_scale](#sandbox_scale) |
 """
 
 

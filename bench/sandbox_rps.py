@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds; the median is reported")
     p.add_argument("--clients", type=int, default=2, help="client processes")
     p.add_argument("--in-process", action="store_true", help="run the sandbox in this process (shares the GIL)")
-    p.add_argument("--results", type=Path, help="write a Markdown result file")
+    p.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results" / "sandbox_rps.md",
+                   help="Markdown result file (default: bench/results/sandbox_rps.md)")
     args = p.parse_args(argv)
     proc = None
     sb = None

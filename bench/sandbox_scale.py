@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.sandbox_scale", description=__doc__.splitlines()[0])
     p.add_argument("--posts", type=int, default=100_000)
     p.add_argument("--pages", type=int, default=30, help="requests per measured page position")
-    p.add_argument("--results", type=Path)
+    p.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results" / "sandbox_scale.md",
+                   help="Markdown result file (default: bench/results/sandbox_scale.md)")
     args = p.parse_args(argv)
     from sandbox import Sandbox, SandboxSettings, WorldSettings
 

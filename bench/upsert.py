@@ -332,6 +332,7 @@ def render(results: dict, sizes: list[int], rounds: dict[int, int], mem: dict[st
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     verdict: dict[str, list[bool]] = {"merge": [], "executemany": []}
+    per_size: list[str] = []
     for n in sizes:
         for phase in PHASES:
             up, mg, em = (_med(results, n, phase, m) for m in ("upsert", "merge", "executemany"))
@@ -340,8 +341,9 @@ def render(results: dict, sizes: list[int], rounds: dict[int, int], mem: dict[st
             rss = max(r["rss_mb"] for r in runs) if runs else None
             r_m = up / mg if up and mg else None
             r_e = up / em if up and em else None
-            if phase == "insert" and r_m is not None and n >= 100_000:
+            if phase == "insert" and r_m is not None:
                 verdict["merge"].append(r_m >= TARGETS["merge"])
+                per_size.append(f"{n:,}: {r_m:.2f}")
             if phase == "insert" and r_e is not None:
                 verdict["executemany"].append(r_e >= TARGETS["executemany"])
             lines.append(
@@ -362,8 +364,9 @@ def render(results: dict, sizes: list[int], rounds: dict[int, int], mem: dict[st
         "The extra-RSS column above is the same measure with the rows already resident in a list.",
         "",
         "Targets:",
-        f"- insert path ≥ {TARGETS['merge']:.2f}× the merge-alone bound (N ≥ 100k; at 10k fixed costs "
-        f"dominate): {yes[ok_m]}",
+        f"- insert path ≥ {TARGETS['merge']:.2f}× the merge-alone bound at every size: {yes[ok_m]} "
+        f"({'; '.join(per_size)}). The gap is the client-side binary encoding (~9 µs/row in pure Python, "
+        "overlapped with the server's COPY by a prefetch thread); the server-side merge dominates at 1M rows.",
         f"- insert path ≥ {TARGETS['executemany']:.0f}× pg8000 executemany: {yes[ok_e]}",
         f"- peak extra RSS < {TARGETS['rss_mb']:.0f} MB at {mem_n:,} rows: {yes[ok_r]}",
         "",

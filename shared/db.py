@@ -14,6 +14,7 @@ server's SQLSTATE and message but never the row detail (rows may carry secrets) 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import hashlib
@@ -21,6 +22,7 @@ import itertools
 import json
 import logging
 import operator
+import queue
 import re
 import ssl
 import struct
@@ -961,12 +963,54 @@ def _plan(
     )
 
 
+def _prefetched(chunks: Iterable[bytes], depth: int = 4) -> Iterator[bytes]:
+    """Yield ``chunks`` while a thread encodes the next ones.
+
+    Sending a chunk blocks in the socket with the GIL released (the server is busy ingesting the COPY),
+    so encoding the next chunk meanwhile overlaps the two: the client's encoder and the server's COPY
+    run on different cores instead of taking turns. At most ``depth`` chunks (~1 MB each) wait.
+    """
+    ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        ready.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            ready.put(exc)
+            return
+        ready.put(done)
+
+    worker = threading.Thread(target=produce, name="sde-copy-encoder", daemon=True)
+    worker.start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue, then let it finish
+            with contextlib.suppress(queue.Empty):
+                ready.get(timeout=0.1)
+        worker.join()
+
+
 def _fill_stage(conn: pg8000.native.Connection, plan: _Plan) -> None:
     """(Re)create the TEMP stage and stream the rows into it with binary COPY."""
     stream = plan.stream
     try:
         conn.run(plan.create_sql)
-        conn.run(plan.copy_sql, stream=stream)
+        conn.run(plan.copy_sql, stream=_prefetched(stream))
     except DatabaseError as exc:
         if stream.error is not None:  # our encoder failed and poisoned the COPY: report its error
             raise stream.error from None

@@ -569,3 +569,24 @@ def test_a_socket_error_inside_a_transaction_is_a_retriable_load_error(db_conn: 
     with pytest.raises(LoadError) as err, db.transaction(db_conn):
         raise ConnectionResetError("connection reset by peer")
     assert err.value.retriable and isinstance(err.value.__cause__, ConnectionResetError)
+
+
+def test_prefetched_chunks_arrive_in_order_and_errors_propagate() -> None:
+    assert list(db._prefetched(iter([b"a", b"b", b"c"] * 50), depth=2)) == [b"a", b"b", b"c"] * 50
+
+    def failing() -> Iterator[bytes]:
+        yield b"ok"
+        raise RuntimeError("encoder broke")
+
+    gen = db._prefetched(failing())
+    assert next(gen) == b"ok"
+    with pytest.raises(RuntimeError, match="encoder broke"):
+        next(gen)
+
+
+def test_prefetched_stops_its_encoder_thread_when_the_consumer_stops() -> None:
+    """A COPY the server aborts stops reading the stream: the encoder thread must not hang on a full queue."""
+    gen = db._prefetched(iter([b"x"] * 1000), depth=2)
+    assert next(gen) == b"x"
+    gen.close()
+    assert not [t for t in threading.enumerate() if t.name == "sde-copy-encoder"]
