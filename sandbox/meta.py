@@ -649,8 +649,11 @@ class MetaEmulator(Emulator):
         return req.arg("access_token") or req.bearer()
 
     def _auth(self, req: Request) -> Grant:
-        token = self._token(req)
-        status, grant = self.sb.tokens.check(token, "meta", ("access", "page"))
+        return self._valid_grant(self._token(req), ("access", "page"))
+
+    def _valid_grant(self, token: str | None, kinds: tuple[str, ...]) -> Grant:
+        """The grant behind ``token``, or the Graph API's own error for a missing/expired/revoked/bad one."""
+        status, grant = self.sb.tokens.check(token, "meta", kinds)
         if status == "missing":
             raise GraphError(104, "An access token is required to request this resource.")
         if status == "expired" and grant is not None and grant.expires_at is not None:
@@ -1340,15 +1343,7 @@ class MetaEmulator(Emulator):
         token = req.arg("fb_exchange_token")
         if not token:
             raise GraphError(100, "(#100) Missing parameter fb_exchange_token")
-        status, grant = self.sb.tokens.check(token, "meta", ("access",))
-        if status == "expired" and grant is not None and grant.expires_at is not None:
-            raise GraphError(190, _expired_message(grant.expires_at, self.sb.clock.now()), subcode=463)
-        if status == "revoked":
-            raise GraphError(190, "Error validating access token: The session has been invalidated because the user "
-                                  "changed their password or Facebook has changed the session for security reasons.",
-                             subcode=460)
-        if status != "ok" or grant is None:
-            raise GraphError(190, "Invalid OAuth access token - Cannot parse access token")
+        grant = self._valid_grant(token, ("access",))
         new = self.sb.tokens.issue("meta", "access", grant.subject, timedelta(seconds=EXCHANGED_EXPIRES_IN), "EAAB",
                                    grant.scopes, grant.accounts)
         req.account = grant.accounts[0] if grant.accounts else None

@@ -296,16 +296,24 @@ class SecretManagerEmulator(Emulator):
         return _list_response(req, items, "versions",
                               self._repeat(req, "versions.list", m.group("account")))
 
-    def _get_version(self, req: Request, m: re.Match[str]) -> Response:
+    def _lookup_version(self, req: Request, m: re.Match[str], permission: str) -> tuple[_Secret, _Version] | Response:
+        """The (secret, version) a versions.* request names, or the API's error; call under ``self._lock``."""
         if self._project(req, m) is None:
-            return self._denied(m, "secretmanager.versions.get", req)
+            return self._denied(m, permission, req)
+        sec = self._find(req, m)
+        if sec is None:
+            return self._missing_secret(m, versions=True)
+        v = self._resolve(sec, m.group("version"))
+        if v is None:
+            return self._missing_version(sec, m)
+        return sec, v
+
+    def _get_version(self, req: Request, m: re.Match[str]) -> Response:
         with self._lock:
-            sec = self._find(req, m)
-            if sec is None:
-                return self._missing_secret(m, versions=True)
-            v = self._resolve(sec, m.group("version"))
-            if v is None:
-                return self._missing_version(sec, m)
+            found = self._lookup_version(req, m, "secretmanager.versions.get")
+            if isinstance(found, Response):
+                return found
+            sec, v = found
             return json_response(self._version_json(sec, v, self._ints(req)))
 
     def _missing_version(self, sec: _Secret, m: re.Match[str]) -> Response:
@@ -314,15 +322,11 @@ class SecretManagerEmulator(Emulator):
         return sm_error(404, f"Secret Version [{self._secret_name(sec)}/versions/{m.group('version')}] not found.")
 
     def _access(self, req: Request, m: re.Match[str]) -> Response:
-        if self._project(req, m) is None:
-            return self._denied(m, "secretmanager.versions.access", req)
         with self._lock:
-            sec = self._find(req, m)
-            if sec is None:
-                return self._missing_secret(m, versions=True)
-            v = self._resolve(sec, m.group("version"))
-            if v is None:
-                return self._missing_version(sec, m)
+            found = self._lookup_version(req, m, "secretmanager.versions.access")
+            if isinstance(found, Response):
+                return found
+            sec, v = found
             name = f"{self._secret_name(sec)}/versions/{v.number}"
             if v.state != "ENABLED" or v.data is None:
                 return sm_error(400, f"Secret Version [{name}] is in {v.state} state.", "FAILED_PRECONDITION")
