@@ -64,6 +64,17 @@ def _short(token: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _advance(seen: set[Any], token: Hashable, shown: str, pages: int, max_pages: int, platform: str,
+             endpoint: str | None) -> None:
+    """Allow one more page, or stop with an error (never a loop): a repeated token, or too many pages."""
+    if token in seen:
+        raise PaginationLoopError(f"Loop detected in pagination: {shown} repeated after page {pages}",
+                                  platform=platform, endpoint=endpoint)
+    seen.add(token)
+    if pages >= max_pages:
+        raise PaginationLimitError(f"more than max_pages={max_pages} pages", platform=platform, endpoint=endpoint)
+
+
 def paginate_cursor(
     fetch: Callable[[Any], Page],
     *,
@@ -95,15 +106,7 @@ def paginate_cursor(
             raise PaginationError(
                 f"has_more is true but no cursor after page {pages}", platform=platform, endpoint=endpoint
             )
-        if cursor in seen:
-            raise PaginationLoopError(
-                f"Loop detected in pagination: cursor {_short(cursor)} repeated after page {pages}",
-                platform=platform,
-                endpoint=endpoint,
-            )
-        seen.add(cursor)
-        if pages >= max_pages:
-            raise PaginationLimitError(f"more than max_pages={max_pages} pages", platform=platform, endpoint=endpoint)
+        _advance(seen, cursor, f"cursor {_short(cursor)}", pages, max_pages, platform, endpoint)
 
 
 def paginate_next_link(
@@ -126,15 +129,7 @@ def paginate_next_link(
         next_url = paging.get("next") if isinstance(paging, dict) else None
         if not next_url:
             return
-        if next_url in seen:
-            raise PaginationLoopError(
-                f"Loop detected in pagination: next link {sanitize_url(next_url)} repeated after page {pages}",
-                platform=platform,
-                endpoint=endpoint,
-            )
-        seen.add(next_url)
-        if pages >= max_pages:
-            raise PaginationLimitError(f"more than max_pages={max_pages} pages", platform=platform, endpoint=endpoint)
+        _advance(seen, next_url, f"next link {sanitize_url(next_url)}", pages, max_pages, platform, endpoint)
         page = fetch_url(next_url)
         pages += 1
 
@@ -159,12 +154,4 @@ def paginate_page_token(
         token = page.get("nextPageToken") or None
         if token is None:
             return
-        if token in seen:
-            raise PaginationLoopError(
-                f"Loop detected in pagination: page token {_short(token)} repeated after page {pages}",
-                platform=platform,
-                endpoint=endpoint,
-            )
-        seen.add(token)
-        if pages >= max_pages:
-            raise PaginationLimitError(f"more than max_pages={max_pages} pages", platform=platform, endpoint=endpoint)
+        _advance(seen, token, f"page token {_short(token)}", pages, max_pages, platform, endpoint)
