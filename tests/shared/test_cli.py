@@ -13,6 +13,7 @@ import pytest
 
 from shared.config import REPO_ROOT
 from shared.vault import make_vault
+from tests.fixtures.vaults import WritesFail
 from tests.shared.test_tokens import first_credential
 
 
@@ -94,7 +95,6 @@ def test_stale_journal_fresh_import_then_list_keeps_the_import(cli: Any, sandbox
                                                                tmp_path: Path) -> None:
     """The reviewer's repro: a refresh left a journal (vault outage); a human re-imports; ``tokens list``
     must not replay the old journal over the import (and neither may the next refresh)."""
-    from shared.errors import VaultError
     from shared.tokens import TokenManager
 
     name, payload = first_credential(sandbox, "tiktok")
@@ -102,14 +102,8 @@ def test_stale_journal_fresh_import_then_list_keeps_the_import(cli: Any, sandbox
     vault = make_vault(config)
     vault.write(name, payload)
 
-    class Down:
-        def write(self, *a: Any) -> int:
-            raise VaultError("simulated outage")
-
-        def __getattr__(self, attr: str) -> Any:
-            return getattr(vault, attr)
-
-    assert TokenManager(config, Down(), sleep=lambda s: None).ensure_fresh(name, force=True).outcome == "error"
+    outage = TokenManager(config, WritesFail(vault), sleep=lambda s: None)
+    assert outage.ensure_fresh(name, force=True).outcome == "error"
     journal = config.data_dir / "token-journal" / f"{name}.json"
     assert journal.exists()
     fresh = sandbox.tokens.issue("tiktok", "refresh", name, None, "rft.")
@@ -122,7 +116,6 @@ def test_stale_journal_fresh_import_then_list_keeps_the_import(cli: Any, sandbox
 
 
 def test_list_is_side_effect_free(cli: Any, sandbox: Any, make_config: Any, tmp_path: Path) -> None:
-    from shared.errors import VaultError
     from shared.tokens import TokenManager
 
     name, payload = first_credential(sandbox, "tiktok")
@@ -130,14 +123,7 @@ def test_list_is_side_effect_free(cli: Any, sandbox: Any, make_config: Any, tmp_
     vault = make_vault(config)
     vault.write(name, payload)
 
-    class Down:
-        def write(self, *a: Any) -> int:
-            raise VaultError("simulated outage")
-
-        def __getattr__(self, attr: str) -> Any:
-            return getattr(vault, attr)
-
-    TokenManager(config, Down(), sleep=lambda s: None).ensure_fresh(name, force=True)
+    TokenManager(config, WritesFail(vault), sleep=lambda s: None).ensure_fresh(name, force=True)
     journal = config.data_dir / "token-journal" / f"{name}.json"
     assert journal.exists()
     assert cli("tokens", "list").returncode == 0

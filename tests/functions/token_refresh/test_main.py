@@ -16,6 +16,7 @@ from sandbox.server import PROVIDER_OF
 from shared.config import REPO_ROOT, Config
 from shared.logs import configure_logging
 from shared.vault import make_vault
+from tests.fixtures.vaults import WritesFail
 
 SCHEDULER = {"User-Agent": "Google-Cloud-Scheduler", "X-CloudScheduler": "true",
              "X-CloudScheduler-ScheduleTime": "2026-06-01T10:00:00Z"}
@@ -142,7 +143,6 @@ def test_not_json_is_400(app: Any) -> None:
 
 def test_dry_run_mirrors_nothing_and_replays_no_journal(app: Any, sandbox: Any, db_conn: Any, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.errors import VaultError
     from shared.tokens import TokenManager
 
     name = _by_provider(sandbox)["tiktok"][0]
@@ -150,14 +150,8 @@ def test_dry_run_mirrors_nothing_and_replays_no_journal(app: Any, sandbox: Any, 
     config = Config.from_env()
     vault = make_vault(config)
 
-    class Down:
-        def write(self, *a: Any) -> int:
-            raise VaultError("simulated outage")
-
-        def __getattr__(self, attr: str) -> Any:
-            return getattr(vault, attr)
-
-    assert TokenManager(config, Down(), sleep=lambda s: None).ensure_fresh(name, force=True).outcome == "error"
+    outage = TokenManager(config, WritesFail(vault), sleep=lambda s: None)
+    assert outage.ensure_fresh(name, force=True).outcome == "error"
     journal = config.data_dir / "token-journal" / f"{name}.json"
     assert journal.exists()
     db_conn.run("DELETE FROM social.token_state")
