@@ -342,12 +342,10 @@ class SecretManagerEmulator(Emulator):
         except ValueError:
             return sm_error(400, "Invalid JSON payload received.")
         with self._lock:
-            sec = self._find(req, m)
-            if sec is None:
-                return self._missing_secret(m, versions=True)
-            v = self._resolve(sec, m.group("version"))
-            if v is None:
-                return self._missing_version(sec, m)
+            found = self._lookup_version(req, m, f"secretmanager.versions.{action}")
+            if isinstance(found, Response):
+                return found
+            sec, v = found
             name = f"{self._secret_name(sec)}/versions/{v.number}"
             wanted = body.get("etag")
             if wanted and wanted != _etag(name, v.etag_n):

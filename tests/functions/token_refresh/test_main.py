@@ -23,13 +23,13 @@ SCHEDULER = {"User-Agent": "Google-Cloud-Scheduler", "X-CloudScheduler": "true",
 PROVIDERS = ("tiktok", "google", "meta")
 
 
-@pytest.fixture
-def app(sandbox: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The deployed entry point with the env a deployment would have (sandbox URLs, local vault)."""
+def _deployed_app(sandbox: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  **extra_env: str) -> Any:
+    """refresh_tokens through functions-framework with a deployment's env; every sandbox credential stored."""
     registry = tmp_path / "accounts.toml"
     registry.write_text(sandbox.registry_toml(), encoding="utf-8")
     env = {**sandbox.env, "DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"),
-           "ACCOUNTS_FILE": str(registry), "HTTP_MAX_RETRIES": "1", "HTTP_BACKOFF_CAP_SECONDS": "0.05"}
+           "ACCOUNTS_FILE": str(registry), "HTTP_MAX_RETRIES": "1", "HTTP_BACKOFF_CAP_SECONDS": "0.05", **extra_env}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     vault = make_vault(Config.from_env(env))
@@ -37,6 +37,12 @@ def app(sandbox: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.Mon
         vault.write(name, payload)
     client = functions_framework.create_app("refresh_tokens", str(REPO_ROOT / "functions/token_refresh/main.py"))
     return client.test_client()
+
+
+@pytest.fixture
+def app(sandbox: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The deployed entry point with the env a deployment would have (sandbox URLs, local vault)."""
+    return _deployed_app(sandbox, database_url, tmp_path, monkeypatch)
 
 
 def _by_provider(sandbox: Any) -> dict[str, list[str]]:
@@ -179,18 +185,8 @@ def test_unknown_credential_is_400_before_anything_is_written(app: Any, db_conn:
 def sm_app(sandbox: Any, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The deployed entry point with VAULT_BACKEND=secretmanager: the real google-cloud-secret-manager client
     over REST to the sandbox's Secret Manager."""
-    registry = tmp_path / "accounts.toml"
-    registry.write_text(sandbox.registry_toml(), encoding="utf-8")
-    env = {**sandbox.env, "DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"),
-           "ACCOUNTS_FILE": str(registry), "HTTP_MAX_RETRIES": "1", "HTTP_BACKOFF_CAP_SECONDS": "0.05",
-           "VAULT_BACKEND": "secretmanager", "VAULT_KEEP_VERSIONS": "2"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    vault = make_vault(Config.from_env(env))
-    for name, payload in sandbox.credentials().items():
-        vault.write(name, payload)
-    client = functions_framework.create_app("refresh_tokens", str(REPO_ROOT / "functions/token_refresh/main.py"))
-    return client.test_client()
+    return _deployed_app(sandbox, database_url, tmp_path, monkeypatch,
+                         VAULT_BACKEND="secretmanager", VAULT_KEEP_VERSIONS="2")
 
 
 def test_end_to_end_with_secret_manager(sm_app: Any, sandbox: Any, db_conn: Any,
